@@ -1,0 +1,129 @@
+"""All configuration in one pydantic-settings class, read from the environment.
+
+Invalid values fail at start with a message naming the setting (see `load_settings`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+CsvList = Annotated[list[str], NoDecode]
+
+
+class SettingsError(ValueError):
+    """A setting from the environment is invalid; the message names it."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    # Downloads
+    max_global_concurrency: int = Field(32, ge=1, le=4096)
+    max_per_host_concurrency: int = Field(4, ge=1, le=1024)
+    download_qps: float = Field(20, ge=0, description="global requests per second; 0 = unlimited")
+    http_connect_timeout: float = Field(5, gt=0)
+    http_read_timeout: float = Field(45, gt=0)
+    download_deadline: float = Field(120, gt=0, description="seconds for a whole image")
+    max_image_size_mb: float = Field(50, gt=0)
+    max_retries: int = Field(3, ge=0, le=20)
+    retry_after_cap: float = Field(60, ge=0, description="longest Retry-After honoured, seconds")
+    backoff_base: float = Field(0.5, ge=0, description="first retry delay, seconds")
+    max_redirects: int = Field(5, ge=0, le=20)
+    user_agent: str = "BatchImageDownloader/1.0 (+internal analytics tool)"
+    circuit_breaker_failures: int = Field(
+        10, ge=1, description="consecutive connection failures before a host is paused"
+    )
+    circuit_breaker_cooldown: float = Field(30, ge=0)
+
+    # Storage and database
+    database_url: str = "sqlite:///data/app.db"
+    media_backend: Literal["local", "s3"] = "local"
+    media_root: str = "data/media"
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_storage_bucket_name: str | None = None
+    aws_s3_region_name: str = "us-east-1"
+    aws_s3_endpoint_url: str | None = None
+
+    # Safety
+    allowed_private_networks: CsvList = Field(default_factory=list)
+    url_allowlist: CsvList = Field(default_factory=list)
+    url_denylist: CsvList = Field(default_factory=list)
+    max_rows_per_job: int = Field(1_000_000, ge=1)
+    max_upload_mb: int = Field(200, ge=1)
+    job_rate_limit_per_minute: int = Field(10, ge=0, description="jobs per session; 0 = unlimited")
+
+    # Workers
+    job_retention_days: int = Field(30, ge=0, description="0 = keep forever")
+    worker_lease_seconds: float = Field(30, gt=0)
+    embedded_worker: bool = True
+    claim_batch_size: int = Field(256, ge=1)
+    run_processes: int = Field(
+        0, ge=0, le=64, description="engine processes for `run`; 0 = one per CPU core"
+    )
+
+    @field_validator("allowed_private_networks", "url_allowlist", "url_denylist", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_private_networks")
+    @classmethod
+    def _check_cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{cidr!r} is not a CIDR network") from exc
+        return value
+
+    @property
+    def max_image_bytes(self) -> int:
+        return int(self.max_image_size_mb * 1024 * 1024)
+
+    def masked(self) -> dict[str, object]:
+        """Effective settings for display, with secrets replaced."""
+        secret_words = ("secret", "password", "key_id")
+        shown: dict[str, object] = {}
+        for name, value in self.model_dump().items():
+            if value and any(word in name for word in secret_words):
+                value = "********"
+            if name == "database_url" and isinstance(value, str):
+                value = _mask_url_password(value)
+            shown[name.upper()] = value
+        return shown
+
+
+def _mask_url_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings; raise SettingsError naming each bad setting."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = ".".join(str(part) for part in err["loc"]).upper()
+            problems.append(f"{name}: {err['msg']}")
+        raise SettingsError("Invalid setting " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings (the app and CLI); tests build their own with load_settings."""
+    return load_settings()
