@@ -1,0 +1,146 @@
+"""Batch Image Downloader: the Streamlit app.
+
+`streamlit run app.py` finds the `st.App` below and serves it:
+- its lifespan builds the services once per server process, starts the embedded engine
+  (when EMBEDDED_WORKER is on) and stops it cleanly on shutdown;
+- its custom routes stream the big downloads (the master ZIP, the manifest and the failed
+  rows) straight from storage, never through st.download_button, which holds data in memory;
+- its script is this same file: run by Streamlit (with a script context), it is the navigation
+  script that lists the pages in pages/ with st.navigation + st.Page.
+
+`python app.py` starts the same server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import streamlit as st
+from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    """The navigation script: one run per page view."""
+    st.set_page_config(
+        page_title="Batch Image Downloader",
+        page_icon=":material/photo_library:",
+        layout="wide",
+    )
+    st.session_state["app_runs"] = st.session_state.get("app_runs", 0) + 1
+    pages = [
+        st.Page(
+            "pages/new_job.py",
+            title="New job",
+            icon=":material/add_photo_alternate:",
+            default=True,
+        ),
+        st.Page("pages/jobs.py", title="Jobs", icon=":material/list_alt:", url_path="jobs"),
+        st.Page("pages/job.py", title="Job detail", icon=":material/monitoring:", url_path="job"),
+        st.Page(
+            "pages/system.py",
+            title="System check",
+            icon=":material/health_and_safety:",
+            url_path="system",
+        ),
+    ]
+    st.navigation(pages).run()
+
+
+# ---------------------------------------------------------------- server side (st.App)
+
+
+@asynccontextmanager
+async def lifespan(_app: Any) -> AsyncIterator[dict[str, Any]]:
+    """Once per server process: build the services, run the embedded engine, stop it."""
+    import anyio
+
+    from downloader.services import EngineThread, build_services
+    from pages import _common
+
+    services = await anyio.to_thread.run_sync(build_services)
+    engine = EngineThread(services) if services.settings.embedded_worker else None
+    if engine is not None:
+        engine.start()
+    _common.install(services, engine)
+    try:
+        yield {"services": services, "engine": engine}
+    finally:
+        _common.install(None)
+        if engine is not None:
+            await anyio.to_thread.run_sync(engine.stop)
+        services.db.dispose()
+
+
+def _attachment(filename: str) -> dict[str, str]:
+    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "_")
+    return {
+        "Content-Disposition": f"attachment; filename=\"{ascii_name}\"; "
+        f"filename*=UTF-8''{quote(filename)}",
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+    }
+
+
+def _export_endpoint(kind: str) -> Any:
+    """A Starlette endpoint streaming one export of a job: 'zip', 'manifest' or 'failed'."""
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, Response, StreamingResponse
+
+    from downloader import jobs
+    from pages import _common
+
+    async def endpoint(request: Request) -> Response:
+        services = _common.installed_services()
+        if services is None:
+            return PlainTextResponse("The app is starting; try again in a moment.", 503)
+        job_id = str(request.path_params["job_id"])
+        try:
+            job = await run_in_threadpool(jobs.get_job, services.db, job_id)
+        except jobs.JobNotFound:
+            return PlainTextResponse(f"No job with id {job_id!r}.", 404)
+        body: Iterator[bytes]
+        if kind == "zip":
+            body = jobs.job_zip(services.db, services.storage, job.id)
+            name, media = jobs.zip_file_name(job), "application/zip"
+        elif kind == "manifest":
+            body = jobs.manifest_csv(services.db, job.id)
+            name, media = f"job-{job.id}-manifest.csv", "text/csv; charset=utf-8"
+        else:
+            body = await run_in_threadpool(jobs.failed_csv, services.db, job.id)
+            name, media = f"job-{job.id}-failed.csv", "text/csv; charset=utf-8"
+        return StreamingResponse(body, media_type=media, headers=_attachment(name))
+
+    return endpoint
+
+
+def routes(prefix: str = "") -> list[Any]:
+    """The download routes (prefix = server.baseUrlPath, as "/path" or "")."""
+    from starlette.routing import Route
+
+    return [
+        Route(f"{prefix}/download/job/{{job_id}}.zip", _export_endpoint("zip")),
+        Route(f"{prefix}/download/job/{{job_id}}/manifest.csv", _export_endpoint("manifest")),
+        Route(f"{prefix}/download/job/{{job_id}}/failed.csv", _export_endpoint("failed")),
+    ]
+
+
+def _base_prefix() -> str:
+    from streamlit import config
+
+    base = str(config.get_option("server.baseUrlPath") or "").strip("/")
+    return f"/{base}" if base else ""
+
+
+if __name__ == "__main__" and get_script_run_ctx(suppress_warning=True) is not None:
+    main()
+else:
+    app = st.App(HERE / "app.py", lifespan=lifespan, routes=routes(_base_prefix()))
+    if __name__ == "__main__":
+        app.run()

@@ -1,0 +1,192 @@
+"""Side-by-side download runs: every tool on the same URL list, alternating, several rounds.
+
+Used by two sections: `download` (10,000 ~200 KB images over 16 hosts) and `memory`
+(100,000 products with one ~2 KB image each, where peak RSS is the point).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from benchmarks.common import REPO_ROOT, WORK_DIR, RunRecord, SectionResult, log, tail
+from benchmarks.corpus import UrlList
+from benchmarks.measure import MB, run_measured
+from benchmarks.report import fmt, median, ok_runs, problems_cell
+from benchmarks.runners import RoundDirs, Runner
+
+COLUMNS = [
+    "tool",
+    "ok rounds",
+    "median s",
+    "min s",
+    "images/s",
+    "MB/s",
+    "peak RSS MB",
+    "CPU s",
+    "check",
+]
+
+
+def _fresh(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def round_dirs(section: str, tool: str, round_no: int) -> RoundDirs:
+    base = WORK_DIR / "runs" / section
+    scratch = base / "scratch" / f"{tool}-r{round_no}"
+    return RoundDirs(
+        files=scratch / "files",
+        scratch=scratch,
+        stdout=base / "logs" / f"{tool}-r{round_no}.stdout",
+        stderr=base / "logs" / f"{tool}-r{round_no}.stderr",
+    )
+
+
+def run_round(
+    runner: Runner,
+    work: UrlList,
+    round_no: int,
+    *,
+    section: str,
+    concurrency: int,
+    timeout: float,
+    keep: bool = False,
+) -> RunRecord:
+    """One timed run of one tool into fresh folders, checked, then cleaned up (unless keep)."""
+    dirs = round_dirs(section, runner.name, round_no)
+    _fresh(dirs.scratch)
+    _fresh(dirs.files)
+    dirs.stdout.parent.mkdir(parents=True, exist_ok=True)
+    os.sync()  # earlier rounds' writes must not be flushed on this round's time
+    m = run_measured(
+        runner.command(work, dirs, concurrency),
+        env=runner.env(),
+        cwd=REPO_ROOT,  # `python -m downloader` imports from the repository root
+        stdout=dirs.stdout,
+        stderr=dirs.stderr,
+        timeout=timeout,
+    )
+    verdict = runner.check(work, dirs, m)
+    record = RunRecord(
+        tool=runner.name,
+        round=round_no,
+        seconds=m.seconds,
+        peak_rss_mb=m.peak_rss_mb,
+        cpu_seconds=m.cpu_seconds,
+        returncode=m.returncode,
+        files=verdict.files,
+        bytes=verdict.bytes,
+        ok=not verdict.problems,
+        problems=verdict.problems,
+        extra=verdict.extra,
+    )
+    if record.ok:
+        rate = work.images / m.seconds
+        verdict_text = f"{rate:9.0f} img/s {m.peak_rss_mb:8.1f} MB RSS  ok"
+    else:
+        verdict_text = "FAILED: " + "; ".join(record.problems)
+    log(section, f"round {round_no} {runner.name:<11} {m.seconds:8.2f} s {verdict_text}")
+    if not record.ok:
+        record.extra["stderr_tail"] = tail(dirs.stderr)
+        if record.extra["stderr_tail"]:
+            log(section, f"{runner.name} stderr (last lines):\n{record.extra['stderr_tail']}")
+    if not keep:
+        shutil.rmtree(dirs.scratch, ignore_errors=True)
+        os.sync()
+    return record
+
+
+def compare(
+    name: str,
+    work: UrlList,
+    runners: list[Runner],
+    *,
+    rounds: int,
+    concurrency: int,
+    timeout: float,
+) -> SectionResult:
+    section = SectionResult(name, columns=COLUMNS)
+    section.info = {
+        "images": work.images,
+        "products": work.products,
+        "bytes": work.total_bytes,
+        "rounds": rounds,
+        "concurrency": concurrency,
+        "csv": str(work.csv),
+    }
+    available = []
+    for runner in runners:
+        reason = runner.unavailable()
+        if reason:
+            section.notes.append(f"{runner.name} skipped: {reason}")
+            log(name, f"{runner.name} skipped: {reason}")
+        else:
+            available.append(runner)
+    if not available:
+        return section.skip("no tool available")
+    log(
+        name,
+        f"{work.images:,} images, {work.products:,} products, {work.total_bytes / MB:,.0f} MB; "
+        f"{rounds} round(s) of {', '.join(r.name for r in available)}",
+    )
+    for round_no in range(1, rounds + 1):
+        shift = (round_no - 1) % len(available)
+        for runner in available[shift:] + available[:shift]:  # alternate who goes first
+            section.runs.append(
+                run_round(
+                    runner,
+                    work,
+                    round_no,
+                    section=name,
+                    concurrency=concurrency,
+                    timeout=timeout,
+                )
+            )
+    _summarize(section, work, [runner.name for runner in available])
+    return section
+
+
+def _summarize(section: SectionResult, work: UrlList, tools: list[str]) -> None:
+    medians: dict[str, tuple[float, float]] = {}
+    for tool in tools:
+        runs = [run for run in section.runs if run.tool == tool]
+        good = ok_runs(section.runs, tool)
+        seconds = median([run.seconds for run in good])
+        peak = max((run.peak_rss_mb for run in good), default=None)
+        if seconds is not None and peak is not None:
+            medians[tool] = (seconds, peak)
+        section.rows.append(
+            [
+                tool,
+                f"{len(good)}/{len(runs)}",
+                fmt(seconds, 2),
+                fmt(min((run.seconds for run in good), default=None), 2),
+                fmt(work.images / seconds if seconds else None, 0),
+                fmt(work.total_bytes / MB / seconds if seconds else None, 0),
+                fmt(peak, 1),
+                fmt(median([run.cpu_seconds for run in good]), 1),
+                problems_cell(runs),
+            ]
+        )
+    ours = medians.get("ours")
+    for tool, (seconds, peak) in medians.items():
+        if tool == "ours" or ours is None:
+            continue
+        section.notes.append(
+            f"ours/{tool}: time {ours[0] / seconds:.2f}x "
+            f"({'ours faster' if ours[0] < seconds else 'ours slower'}: "
+            f"{seconds / ours[0]:.2f}x the throughput), peak RSS {ours[1] / peak:.2f}x"
+        )
+    if "ours" in tools and ours is None:
+        section.notes.append("ours had no successful round: no ratios")
+    section.notes.append(
+        "median and min over successful rounds; peak RSS = the highest, over those rounds, of "
+        "the summed RSS of the whole process tree (polled every 50 ms); CPU s = user+system."
+    )
+    if any(not run.ok for run in section.runs):
+        section.status = "failed"
+        section.reason = "some rounds did not download every file (see the check column)"

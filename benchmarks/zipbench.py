@@ -1,0 +1,282 @@
+"""ZIP throughput: the ZIP engineer's bench_zip.py, then a master ZIP of a real finished job,
+built by the CLI (`python -m downloader zip JOB --out FILE`) and streamed by the app over HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.common import (
+    PYTHON,
+    REPO_ROOT,
+    WORK_DIR,
+    RunRecord,
+    SectionResult,
+    child_env,
+    log,
+    tail,
+)
+from benchmarks.corpus import UrlList
+from benchmarks.download import round_dirs, run_round
+from benchmarks.hooks import run_sibling
+from benchmarks.measure import MB, TreeRssPoller, run_measured
+from benchmarks.nginx import free_port
+from benchmarks.report import fmt
+from benchmarks.runners import IMAGE_SUFFIXES, OURS_ENV, OursRunner
+
+COLUMNS = ["what", "ok", "seconds", "MB/s", "peak RSS MB", "ZIP MB", "check"]
+DEFAULT_ZIP_ROUTE = "/api/jobs/{job_id}/zip"
+
+
+@dataclass(frozen=True)
+class FinishedJob:
+    job_id: str
+    images: int
+    database_url: str
+    media_root: Path
+
+    def env(self, overrides: dict[str, str]) -> dict[str, str]:
+        return child_env(
+            **{
+                **OURS_ENV,
+                "DATABASE_URL": self.database_url,
+                "MEDIA_ROOT": str(self.media_root),
+                **overrides,
+            }
+        )
+
+
+class Skip(Exception):
+    """A part that cannot run here yet; the message says why."""
+
+
+def check_zip(path: Path, images: int) -> list[str]:
+    """Problems with a master ZIP: expected `images` image entries plus a root manifest.csv."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile) as exc:
+        return [f"not a readable ZIP: {exc}"]
+    problems = []
+    found = sum(1 for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES)
+    if found != images:
+        problems.append(f"{found} images in the ZIP, expected {images}")
+    if "manifest.csv" not in names:
+        problems.append("no manifest.csv at the root")
+    return problems
+
+
+def make_job(
+    work: UrlList, *, concurrency: int, timeout: float, env_overrides: dict[str, str]
+) -> FinishedJob:
+    """Run our downloader once on `work` and keep its database and files for the ZIP runs."""
+    runner = OursRunner(env_overrides)
+    record = run_round(
+        runner, work, 1, section="zip", concurrency=concurrency, timeout=timeout, keep=True
+    )
+    dirs = round_dirs("zip", runner.name, 1)
+    summary = record.extra.get("summary") or {}
+    if not record.ok or "job_id" not in summary:
+        raise Skip(f"our `run` did not finish a job to zip ({'; '.join(record.problems)})")
+    return FinishedJob(str(summary["job_id"]), work.images, runner.database_url(dirs), dirs.files)
+
+
+def bench_master_zip_cli(job: FinishedJob, timeout: float, env: dict[str, str]) -> RunRecord:
+    """`python -m downloader zip JOB --out FILE`: whole process time, RSS and ZIP MB/s."""
+    out = WORK_DIR / "runs" / "zip" / "master-cli.zip"
+    out.unlink(missing_ok=True)
+    logs = WORK_DIR / "runs" / "zip" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    os.sync()
+    m = run_measured(
+        [PYTHON, "-m", "downloader", "zip", job.job_id, "--out", str(out)],
+        env=job.env(env),
+        cwd=REPO_ROOT,
+        stdout=logs / "zip-cli.stdout",
+        stderr=logs / "zip-cli.stderr",
+        timeout=timeout,
+    )
+    problems = ["timed out"] if m.timed_out else []
+    if m.returncode != 0 and not m.timed_out:
+        problems.append(f"exit code {m.returncode}")
+    size = out.stat().st_size if out.exists() else 0
+    if not problems:
+        problems = check_zip(out, job.images)
+    record = RunRecord(
+        tool="master ZIP, CLI",
+        round=1,
+        seconds=m.seconds,
+        peak_rss_mb=m.peak_rss_mb,
+        cpu_seconds=m.cpu_seconds,
+        returncode=m.returncode,
+        bytes=size,
+        ok=not problems,
+        problems=problems,
+    )
+    if problems:
+        record.extra["stderr_tail"] = tail(logs / "zip-cli.stderr")
+        log("zip", f"zip CLI FAILED: {'; '.join(problems)}\n{record.extra['stderr_tail']}")
+    out.unlink(missing_ok=True)
+    return record
+
+
+@contextlib.contextmanager
+def _streamlit_app(job: FinishedJob, env: dict[str, str]) -> Iterator[tuple[str, int]]:
+    """Start `streamlit run app.py` on 127.0.0.1 against the job's database; yield (url, pid)."""
+    import httpx
+
+    if not (REPO_ROOT / "app.py").exists():
+        raise Skip("app.py is not there yet (the master-ZIP route comes with the app)")
+    if importlib.util.find_spec("streamlit") is None:
+        raise Skip("streamlit is not installed in this virtualenv")
+    port = free_port(("127.0.0.1",))
+    logs = WORK_DIR / "runs" / "zip" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    argv = [
+        PYTHON,
+        "-m",
+        "streamlit",
+        "run",
+        "app.py",
+        "--server.address=127.0.0.1",
+        f"--server.port={port}",
+        "--server.headless=true",
+        "--browser.gatherUsageStats=false",
+    ]
+    with (logs / "app.stdout").open("wb") as out, (logs / "app.stderr").open("wb") as err:
+        proc = subprocess.Popen(
+            argv,
+            cwd=REPO_ROOT,
+            env=job.env({"EMBEDDED_WORKER": "false", **env}),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                raise Skip(f"the app exited with {proc.returncode}: {tail(logs / 'app.stderr', 5)}")
+            if time.monotonic() > deadline:
+                raise Skip("the app did not answer /_stcore/health within 90 s")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/_stcore/health", timeout=2, trust_env=False).is_success:
+                    break
+            time.sleep(0.5)
+        yield base, proc.pid
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def bench_master_zip_http(
+    job: FinishedJob, route: str, timeout: float, env: dict[str, str]
+) -> RunRecord:
+    """Download the master ZIP from the app's streaming route; time it and the server's RSS.
+
+    Raises Skip (with the reason) while app.py or its route is not there.
+    """
+    import httpx
+
+    out = WORK_DIR / "runs" / "zip" / "master-http.zip"
+    with _streamlit_app(job, env) as (base, pid):
+        url = base + route.format(job_id=job.job_id)
+        with TreeRssPoller(pid) as poller:
+            started = time.perf_counter()
+            with (
+                httpx.stream("GET", url, timeout=timeout, trust_env=False) as response,
+                out.open("wb") as handle,
+            ):
+                if response.status_code != 200:
+                    raise Skip(
+                        f"GET {route} answered {response.status_code}: the master-ZIP route is "
+                        "not there (set its path with --zip-route)"
+                    )
+                for chunk in response.iter_bytes(1 << 20):
+                    handle.write(chunk)
+            seconds = time.perf_counter() - started
+    size = out.stat().st_size
+    problems = check_zip(out, job.images)
+    out.unlink(missing_ok=True)
+    return RunRecord(
+        tool="master ZIP, HTTP",
+        round=1,
+        seconds=seconds,
+        peak_rss_mb=poller.peak / MB,
+        cpu_seconds=0.0,
+        returncode=0,
+        bytes=size,
+        ok=not problems,
+        problems=problems,
+        extra={"route": route, "rss_is": "the app server's process tree"},
+    )
+
+
+def _row(record: RunRecord) -> list[str]:
+    seconds = record.seconds or None
+    return [
+        record.tool,
+        "yes" if record.ok else "no",
+        fmt(seconds, 2),
+        fmt(record.bytes / MB / seconds if seconds and record.bytes else None, 0),
+        fmt(record.peak_rss_mb, 1),
+        fmt(record.bytes / MB if record.bytes else None, 0),
+        "ok" if record.ok else "FAILED " + "; ".join(record.problems),
+    ]
+
+
+def run(
+    work: UrlList | None,
+    *,
+    concurrency: int,
+    timeout: float,
+    env_overrides: dict[str, str],
+    zip_route: str,
+) -> SectionResult:
+    section = SectionResult("zip", columns=COLUMNS)
+    script = run_sibling("zip", "bench_zip", timeout)
+    if script is None:
+        section.notes.append("benchmarks/bench_zip.py is not there yet: its part skipped")
+    else:
+        section.runs.append(script)
+        section.rows.append(_row(script))
+    try:
+        if work is None:
+            raise Skip("no corpus served (nginx unavailable)")
+        job = make_job(work, concurrency=concurrency, timeout=timeout, env_overrides=env_overrides)
+        section.info["job_id"] = job.job_id
+        section.runs.append(bench_master_zip_cli(job, timeout, env_overrides))
+        section.rows.append(_row(section.runs[-1]))
+        try:
+            section.runs.append(bench_master_zip_http(job, zip_route, timeout, env_overrides))
+            section.rows.append(_row(section.runs[-1]))
+        except Skip as exc:
+            section.notes.append(f"master ZIP over HTTP skipped: {exc}")
+    except Skip as exc:
+        section.notes.append(f"master ZIP skipped: {exc}")
+    finally:
+        shutil.rmtree(round_dirs("zip", "ours", 1).scratch, ignore_errors=True)
+    for note in section.notes:
+        log("zip", note)
+    if not section.runs:
+        section.status, section.reason = "skipped", "; ".join(section.notes)
+    if any(not run.ok for run in section.runs):
+        section.status = "failed"
+        section.reason = "a ZIP run failed (see the check column)"
+    return section

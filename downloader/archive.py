@@ -1,0 +1,425 @@
+"""ZIP archives and CSV manifests, streamed.
+
+Product ZIP (`folder_per_product=False`): the product's files + `manifest.csv`.
+Master ZIP (`folder_per_product=True`): `{product}/{file}` for every product + `manifest.csv`.
+
+Entries are stored (images are compressed already) and produced by zipstream-ng while the
+caller iterates: file bytes are read lazily from the storage in chunks, `rows` is consumed
+exactly once (it may be a generator over a database cursor), the manifest is spooled to a
+temporary file as the rows go by, and the central directory is spooled too, so memory stays
+flat from 10 to 1,000,000 entries. ZIP64 records are written automatically when needed.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import io
+import logging
+import re
+import tempfile
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import IO, Any
+
+from zipstream import ZIP_STORED, ZipStream
+
+from downloader.csvsafe import excel_safe
+from downloader.storage import DEFAULT_CHUNK_SIZE, Storage, iter_stream
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.csv"
+MANIFEST_COLUMNS = [
+    "product",
+    "position",
+    "source_url",
+    "status",
+    "file",
+    "sha256",
+    "bytes",
+    "format",
+    "width",
+    "height",
+    "http_status",
+    "attempts",
+    "error",
+    "duplicate_of",
+]
+MISSING_ERROR = "The downloaded file is missing from storage (storage_missing)"
+
+CSV_CHUNK_SIZE = 64 * 1024  # CSV text is handed out in pieces of about this size
+OUTPUT_CHUNK_SIZE = 64 * 1024  # small ZIP records are merged up to this size
+PREFETCH_MAX_BYTES = 4 * 1024 * 1024  # read-ahead only files up to this size
+SPOOL_MEMORY = 4 * 1024 * 1024  # spools stay in memory up to this, then go to disk
+S3_PREFETCH = 16  # files fetched ahead in threads when the storage is remote
+
+# ZIP format limits as zipstream-ng / zipfile apply them.
+_ZIP64_LIMIT = (1 << 31) - 1
+_ZIP_FILECOUNT_LIMIT = (1 << 16) - 1
+_ZIP64_ESTIMATE_FACTOR = 1.05
+
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+@dataclass(slots=True)
+class ManifestRow:
+    """One image as listed in manifest.csv; `key` is where its bytes are stored."""
+
+    product: str
+    position: int
+    source_url: str
+    status: str
+    file: str | None = None
+    sha256: str | None = None
+    bytes: int | None = None
+    format: str | None = None
+    width: int | None = None
+    height: int | None = None
+    http_status: int | None = None
+    attempts: int = 0
+    error: str | None = None
+    duplicate_of: str | None = None
+    key: str | None = None  # storage key; not written to the CSV
+
+    def csv_values(self) -> list[object]:
+        return [
+            self.product,
+            self.position,
+            self.source_url,
+            self.status,
+            self.file,
+            self.sha256,
+            self.bytes,
+            self.format,
+            self.width,
+            self.height,
+            self.http_status,
+            self.attempts,
+            self.error,
+            self.duplicate_of,
+        ]
+
+    @property
+    def has_file(self) -> bool:
+        """True if this row contributes a file entry to a ZIP."""
+        return self.status == "done" and bool(self.key)
+
+
+def image_file_name(product: str, position: int, ext: str) -> str:
+    """The file name of an image inside its product: `{product}_{position}.{ext}`."""
+    return f"{product}_{position}.{ext}"
+
+
+# -- CSV ------------------------------------------------------------------------------------
+
+
+class _CsvEncoder:
+    """Excel-safe CSV rows to UTF-8 bytes, buffered."""
+
+    def __init__(self) -> None:
+        self._text = io.StringIO()
+        self._writer = csv.writer(self._text, lineterminator="\r\n")
+
+    def write(self, values: Iterable[object]) -> None:
+        self._writer.writerow([excel_safe(value) for value in values])
+
+    @property
+    def pending(self) -> int:
+        return self._text.tell()
+
+    def take(self) -> bytes:
+        data = self._text.getvalue().encode("utf-8")
+        self._text.seek(0)
+        self._text.truncate()
+        return data
+
+
+def csv_rows_chunks(header: list[str], rows: Iterable[Sequence[object]]) -> Iterator[bytes]:
+    """A UTF-8 CSV (CRLF, header first) with every cell made Excel-safe, in ~64 KB chunks."""
+    encoder = _CsvEncoder()
+    encoder.write(header)
+    for row in rows:
+        encoder.write(row)
+        if encoder.pending >= CSV_CHUNK_SIZE:
+            yield encoder.take()
+    tail = encoder.take()
+    if tail:
+        yield tail
+
+
+def manifest_csv_chunks(rows: Iterable[ManifestRow]) -> Iterator[bytes]:
+    """manifest.csv for `rows` (consumed once, lazily)."""
+    return csv_rows_chunks(MANIFEST_COLUMNS, (row.csv_values() for row in rows))
+
+
+# -- names ----------------------------------------------------------------------------------
+
+
+def _safe_name(text: str, fallback: str) -> str:
+    """One path component for inside a ZIP: no separators, no leading dots."""
+    name = _UNSAFE_NAME_CHARS.sub("_", text).lstrip(".")
+    return name or fallback
+
+
+def _entry_names(row: ManifestRow, folder_per_product: bool) -> tuple[str, str]:
+    """(file name for the manifest, arcname in the ZIP) of a row that has a file."""
+    if row.file:
+        file_name = _safe_name(row.file.rsplit("/", 1)[-1], f"{row.position}")
+    else:
+        ext = (row.key or "").rsplit(".", 1)[-1] if "." in (row.key or "") else "bin"
+        file_name = _safe_name(image_file_name(row.product, row.position, ext), f"{row.position}")
+    if folder_per_product:
+        return file_name, f"{_safe_name(row.product, 'product')}/{file_name}"
+    return file_name, file_name
+
+
+def _missing(row: ManifestRow) -> ManifestRow:
+    log.warning("stored file %s of %s #%s is missing", row.key, row.product, row.position)
+    return dataclasses.replace(row, status="failed", file=None, error=MISSING_ERROR)
+
+
+# -- sources --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Source:
+    data: bytes | Iterator[bytes]
+    size: int
+
+
+def _open_source(storage: Storage, row: ManifestRow, chunk_size: int) -> _Source:
+    """Open a row's stored bytes now (FileNotFoundError if gone), read them lazily."""
+    assert row.key is not None
+    chunks = storage.iter_bytes(row.key, chunk_size)
+    try:
+        size = row.bytes if row.bytes is not None else storage.size(row.key)
+    except BaseException:
+        _close(chunks)
+        raise
+    return _Source(chunks, size)
+
+
+def _close(chunks: Iterator[bytes]) -> None:
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
+
+
+def _sources(
+    storage: Storage, rows: Iterable[ManifestRow], prefetch: int, chunk_size: int
+) -> Generator[tuple[ManifestRow, _Source | None], None, None]:
+    """Each row with its opened bytes (None when it has no file); missing files are marked.
+
+    With `prefetch` > 0, files up to PREFETCH_MAX_BYTES are read ahead by that many threads,
+    in order, so a remote store's latency overlaps (memory <= prefetch * PREFETCH_MAX_BYTES).
+    """
+    if prefetch <= 0:
+        for row in rows:
+            if not row.has_file:
+                yield (_missing(row) if row.status == "done" else row), None
+                continue
+            try:
+                source = _open_source(storage, row, chunk_size)
+            except FileNotFoundError:
+                yield _missing(row), None
+                continue
+            yield row, source
+        return
+
+    window: collections.deque[tuple[ManifestRow, Future[bytes] | None]] = collections.deque()
+    iterator = iter(rows)
+    exhausted = False
+    with ExitStack() as stack:
+        pool = ThreadPoolExecutor(max_workers=prefetch, thread_name_prefix="zip-prefetch")
+        stack.callback(pool.shutdown, wait=False, cancel_futures=True)
+        while True:
+            while not exhausted and len(window) < prefetch:
+                try:
+                    row = next(iterator)
+                except StopIteration:
+                    exhausted = True
+                    break
+                future = None
+                if row.has_file and row.bytes is not None and row.bytes <= PREFETCH_MAX_BYTES:
+                    assert row.key is not None
+                    future = pool.submit(storage.read_bytes, row.key)
+                window.append((row, future))
+            if not window:
+                return
+            row, future = window.popleft()
+            if not row.has_file:
+                yield (_missing(row) if row.status == "done" else row), None
+                continue
+            try:
+                if future is not None:
+                    data = future.result()
+                    source = _Source(data, len(data))
+                else:
+                    source = _open_source(storage, row, chunk_size)
+            except FileNotFoundError:
+                yield _missing(row), None
+                continue
+            yield row, source
+
+
+# -- ZIP ------------------------------------------------------------------------------------
+
+
+class _Record:
+    """Looks like a ZipInfo to ZipStream's footer writer but carries ready-made bytes."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def _central_directory_header_data(self) -> bytes:
+        return self._data
+
+
+class _SpooledCentralDirectory:
+    """Replaces ZipStream's in-memory list of ZipInfo objects (about 500 bytes per entry).
+
+    Each finished entry's central directory record is encoded at once and appended to a
+    temporary file; the footer reads them back in 1 MB pieces.
+    """
+
+    def __init__(self, spool: IO[bytes]) -> None:
+        self._spool = spool
+        self._count = 0
+
+    def append(self, zinfo: Any) -> None:
+        self._spool.write(zinfo._central_directory_header_data())
+        self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[_Record]:
+        self._spool.seek(0)
+        while chunk := self._spool.read(DEFAULT_CHUNK_SIZE):
+            yield _Record(chunk)
+
+
+def _coalesce(chunks: Iterable[bytes], min_size: int = OUTPUT_CHUNK_SIZE) -> Iterator[bytes]:
+    """Merge the many tiny ZIP headers with their neighbours; big chunks pass unchanged."""
+    parts: list[bytes] = []
+    pending = 0
+    for chunk in chunks:
+        if not chunk:
+            continue
+        parts.append(chunk)
+        pending += len(chunk)
+        if pending >= min_size:
+            yield parts[0] if len(parts) == 1 else b"".join(parts)
+            parts = []
+            pending = 0
+    if parts:
+        yield b"".join(parts)
+
+
+def stream_zip(
+    storage: Storage,
+    rows: Iterable[ManifestRow],
+    *,
+    folder_per_product: bool,
+    prefetch: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> Iterator[bytes]:
+    """Yield a stored ZIP of the rows' files plus manifest.csv (all rows), as it is built.
+
+    Rows with status "done" and a key become file entries; the manifest lists every row.
+    A "done" row whose stored file has disappeared is listed as failed (storage_missing).
+    `prefetch` = files read ahead in threads (default: 16 for S3, none for local).
+    Closing the generator early (client went away) releases files, threads and spools.
+    """
+    if prefetch is None:
+        prefetch = S3_PREFETCH if storage.name == "s3" else 0
+    return _coalesce(_zip_chunks(storage, rows, folder_per_product, prefetch, chunk_size))
+
+
+def _zip_chunks(
+    storage: Storage,
+    rows: Iterable[ManifestRow],
+    folder_per_product: bool,
+    prefetch: int,
+    chunk_size: int,
+) -> Iterator[bytes]:
+    with ExitStack() as stack:
+        manifest_spool = stack.enter_context(tempfile.SpooledTemporaryFile(SPOOL_MEMORY))
+        directory_spool = stack.enter_context(tempfile.SpooledTemporaryFile(SPOOL_MEMORY))
+        archive = ZipStream(compress_type=ZIP_STORED, sized=False)
+        archive._filelist = _SpooledCentralDirectory(directory_spool)
+
+        manifest = _CsvEncoder()
+        manifest.write(MANIFEST_COLUMNS)
+        sources = _sources(storage, rows, prefetch, chunk_size)
+        stack.callback(sources.close)
+        for row, source in sources:
+            if source is not None:
+                file_name, arcname = _entry_names(row, folder_per_product)
+                if file_name != row.file:
+                    row = dataclasses.replace(row, file=file_name)
+                archive.add(source.data, arcname, size=source.size)
+                try:
+                    yield from archive.all_files()
+                finally:
+                    if not isinstance(source.data, bytes):
+                        _close(source.data)
+            manifest.write(row.csv_values())
+            if manifest.pending >= CSV_CHUNK_SIZE:
+                manifest_spool.write(manifest.take())
+        manifest_spool.write(manifest.take())
+
+        manifest_size = manifest_spool.tell()
+        manifest_spool.seek(0)
+        archive.add(iter_stream(manifest_spool, chunk_size), MANIFEST_NAME, size=manifest_size)
+        yield from archive.finalize()
+
+
+def zip_size(storage: Storage, rows: Iterable[ManifestRow], *, folder_per_product: bool) -> int:
+    """The exact byte length `stream_zip` will produce for the same rows (Content-Length).
+
+    Needs its own pass over the rows (pass a fresh iterable). Uses `row.bytes` for file
+    sizes (asks the storage only when it is None). Exact as long as the rows and stored
+    files do not change in between; if one does (a file went missing), the stream's length
+    differs and an HTTP server enforcing Content-Length fails the download visibly.
+    """
+    manifest = _CsvEncoder()
+    manifest.write(MANIFEST_COLUMNS)
+    manifest_bytes = 0
+    count = files_size = directory_size = 0
+
+    def add_entry(arcname: str, size: int) -> None:
+        nonlocal count, files_size, directory_size
+        name_length = len(arcname.encode("utf-8"))
+        zip64_header = size * _ZIP64_ESTIMATE_FACTOR > _ZIP64_LIMIT
+        extras = (1 if files_size > _ZIP64_LIMIT else 0) + (2 if size > _ZIP64_LIMIT else 0)
+        files_size += 30 + name_length + size + (20 + 24 if zip64_header else 16)
+        directory_size += 46 + name_length + (4 + 8 * extras if extras else 0)
+        count += 1
+
+    for row in rows:
+        if row.has_file:
+            assert row.key is not None
+            size = row.bytes if row.bytes is not None else storage.size(row.key)
+            file_name, arcname = _entry_names(row, folder_per_product)
+            if file_name != row.file:
+                row = dataclasses.replace(row, file=file_name)
+            add_entry(arcname, size)
+        elif row.status == "done":
+            row = _missing(row)
+        manifest.write(row.csv_values())
+        if manifest.pending >= CSV_CHUNK_SIZE:
+            manifest_bytes += len(manifest.take())
+    manifest_bytes += len(manifest.take())
+    add_entry(MANIFEST_NAME, manifest_bytes)
+
+    end_size = 22
+    if count >= _ZIP_FILECOUNT_LIMIT or files_size > _ZIP64_LIMIT or directory_size > _ZIP64_LIMIT:
+        end_size += 56 + 20  # ZIP64 end of central directory record + locator
+    return files_size + directory_size + end_size

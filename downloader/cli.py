@@ -1,0 +1,316 @@
+"""`python -m downloader …`: the same engine as the app, from a terminal.
+
+Contract: the last stdout line is one JSON object; progress and messages go to stderr;
+exit 2 on unusable input (or an unknown job), 0 when a job ran (failed images are data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from downloader import jobs
+from downloader.engine import Engine
+from downloader.inputs import InputError, ParsedInput, parse_bytes, parse_path
+from downloader.services import Services, build_services, run_engine_until_stopped
+from downloader.settings import SettingsError, load_settings
+
+EXIT_OK = 0
+EXIT_UNHEALTHY = 1
+EXIT_USAGE = 2
+IMAGES_PER_EXTRA_PROCESS = 400  # below this a second process costs more than it gives
+
+
+class CliError(Exception):
+    """A readable one-line problem; exit code 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s")
+    try:
+        return int(args.handler(args))
+    except (CliError, InputError, SettingsError, jobs.JobNotFound) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m downloader", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--database-url", help="overrides DATABASE_URL")
+        p.add_argument("--media-root", help="overrides MEDIA_ROOT (local storage)")
+
+    def input_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("input", help="CSV/TSV/XLSX path, or - for standard input")
+        p.add_argument("--sheet", help="XLSX sheet name (default: the first)")
+        p.add_argument("--product-column", help="column holding product numbers")
+        p.add_argument("--url-column", help="column holding image URLs")
+        p.add_argument("--name", default="", help="a name for the job")
+
+    p = sub.add_parser("run", help="run a job to the end in this process")
+    input_args(p)
+    common(p)
+    p.add_argument("--processes", type=int, help="engine processes (default RUN_PROCESSES)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("submit", help="queue a job for workers and return")
+    input_args(p)
+    common(p)
+    p.set_defaults(handler=cmd_submit)
+
+    p = sub.add_parser("status", help="counts of a job")
+    p.add_argument("job_id")
+    common(p)
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("zip", help="write the master ZIP or one product's ZIP")
+    p.add_argument("job_id")
+    p.add_argument("--out", required=True, help="file to write")
+    p.add_argument("--product", help="only this product")
+    common(p)
+    p.set_defaults(handler=cmd_zip)
+
+    p = sub.add_parser("worker", help="process queued work until SIGTERM")
+    common(p)
+    p.add_argument("--job", help=argparse.SUPPRESS)  # used by `run` for its helper processes
+    p.add_argument("--until-idle", action="store_true", help="exit when nothing is left to do")
+    p.add_argument("--share", type=float, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(handler=cmd_worker)
+
+    p = sub.add_parser("check", help="the system check; non-zero exit when unhealthy")
+    common(p)
+    p.set_defaults(handler=cmd_check)
+    return parser
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _services(args: argparse.Namespace) -> Services:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "database_url", None):
+        overrides["database_url"] = args.database_url
+    if getattr(args, "media_root", None):
+        overrides["media_root"] = args.media_root
+    return build_services(load_settings(**overrides))
+
+
+def _parse_input(args: argparse.Namespace, max_rows: int) -> ParsedInput:
+    options = {
+        "sheet": args.sheet,
+        "product_column": args.product_column,
+        "url_column": args.url_column,
+        "max_rows": max_rows,
+    }
+    if args.input == "-":
+        parsed = parse_bytes(sys.stdin.buffer.read(), "stdin.csv", **options)
+    else:
+        path = Path(args.input)
+        if not path.is_file():
+            raise CliError(f"{args.input}: no such file")
+        parsed = parse_path(path, **options)
+    for rejected in parsed.rejected[:20]:
+        print(f"row {rejected.row}: {rejected.reason}", file=sys.stderr)
+    if len(parsed.rejected) > 20:
+        print(f"… and {len(parsed.rejected) - 20} more rejected rows", file=sys.stderr)
+    if not len(parsed.frame):
+        raise CliError("no valid rows to download")
+    return parsed
+
+
+def _emit(payload: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(payload) + "\n")
+    sys.stdout.flush()
+
+
+def _counts_payload(services: Services, job_id: str) -> dict[str, Any]:
+    summary = jobs.job_summary(services.db, job_id)
+    counts = summary.counts
+    return {
+        "job_id": job_id,
+        "products": summary.job.products,
+        "images": summary.job.images,
+        "done": counts.done,
+        "duplicate": counts.duplicate,
+        "failed": counts.failed,
+    }
+
+
+def _source_name(args: argparse.Namespace) -> str:
+    return "standard input" if args.input == "-" else Path(args.input).name
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    services = _services(args)
+    parsed = _parse_input(args, services.settings.max_rows_per_job)
+    job = jobs.create_job(
+        services.db, parsed, name=args.name, source=_source_name(args), created_by="cli"
+    )
+    _emit(
+        {
+            "job_id": job.id,
+            "products": job.products,
+            "images": job.images,
+            "rejected": job.rejected_rows,
+        }
+    )
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    services = _services(args)
+    parsed = _parse_input(args, services.settings.max_rows_per_job)
+    job_id = jobs.find_unfinished_job(services.db, jobs.input_fingerprint(parsed))
+    if job_id:
+        print(f"resuming unfinished job {job_id} for the same input", file=sys.stderr)
+        jobs.resume_job(services.db, job_id)
+    else:
+        job_id = jobs.create_job(
+            services.db, parsed, name=args.name, source=_source_name(args), created_by="cli"
+        ).id
+    processes = _process_count(args, services, jobs.job_counts(services.db, job_id).pending)
+    share = 1.0 / processes
+    helpers = [_spawn_helper(args, services, job_id, share) for _ in range(processes - 1)]
+    engine = Engine(services.db, services.storage, services.settings, kind="run", job_id=job_id, share=share)
+    stop_requested = _install_stop_handlers(engine, helpers)
+    thread = threading.Thread(target=run_engine_until_stopped, args=(engine,), kwargs={"until_idle": True})
+    thread.start()
+    _show_progress(services, job_id, thread, quiet=args.quiet)
+    thread.join()
+    for helper in helpers:
+        helper.wait()
+    if stop_requested.is_set():
+        return 130
+    _emit({**_counts_payload(services, job_id), "seconds": round(time.monotonic() - started, 3)})
+    return EXIT_OK
+
+
+def _process_count(args: argparse.Namespace, services: Services, pending: int) -> int:
+    wanted = args.processes or services.settings.run_processes or os.cpu_count() or 1
+    useful = max(1, math.ceil(pending / IMAGES_PER_EXTRA_PROCESS))
+    return max(1, min(wanted, useful))
+
+
+def _spawn_helper(args: argparse.Namespace, services: Services, job_id: str, share: float) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env["DATABASE_URL"] = services.settings.database_url
+    env["MEDIA_ROOT"] = services.settings.media_root
+    command = [sys.executable, "-m", "downloader", "worker", "--job", job_id, "--until-idle", "--share", str(share)]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+
+
+def _install_stop_handlers(engine: Engine, helpers: list[subprocess.Popen[bytes]]) -> threading.Event:
+    stop_requested = threading.Event()
+
+    def handle(signum: int, _frame: object) -> None:
+        stop_requested.set()
+        engine.stop()
+        for helper in helpers:
+            helper.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+    return stop_requested
+
+
+def _show_progress(services: Services, job_id: str, thread: threading.Thread, *, quiet: bool) -> None:
+    if quiet:
+        thread.join()
+        return
+    from tqdm import tqdm
+
+    total = jobs.get_job(services.db, job_id).images
+    with tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True, mininterval=0.5) as bar:
+        while thread.is_alive():
+            thread.join(0.5)
+            counts = jobs.job_counts(services.db, job_id)
+            bar.n = counts.finished
+            bar.set_postfix(done=counts.done, failed=counts.failed, refresh=False)
+            bar.refresh()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    services = _services(args)
+    summary = jobs.job_summary(services.db, args.job_id)
+    payload = _counts_payload(services, args.job_id)
+    end = summary.job.finished_at or time.time()
+    seconds = end - summary.job.started_at if summary.job.started_at else 0.0
+    _emit({**payload, "seconds": round(seconds, 3), "status": summary.job.status})
+    return EXIT_OK
+
+
+def cmd_zip(args: argparse.Namespace) -> int:
+    services = _services(args)
+    job = jobs.get_job(services.db, args.job_id)
+    if args.product is not None:
+        if args.product not in jobs.product_numbers(services.db, job.id):
+            raise CliError(f"job {job.id} has no product {args.product!r}")
+        chunks = jobs.product_zip(services.db, services.storage, job.id, args.product)
+    else:
+        chunks = jobs.job_zip(services.db, services.storage, job.id)
+    out = Path(args.out)
+    partial = out.with_name(out.name + ".part")
+    written = 0
+    with partial.open("wb") as handle:
+        for chunk in chunks:
+            handle.write(chunk)
+            written += len(chunk)
+    partial.replace(out)
+    _emit({"job_id": job.id, "product": args.product, "file": str(out), "bytes": written})
+    return EXIT_OK
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    services = _services(args)
+    engine = Engine(
+        services.db,
+        services.storage,
+        services.settings,
+        # `run`'s helper processes have a fixed share and do not count as deployment workers
+        kind="run" if args.job else "worker",
+        job_id=args.job,
+        share=args.share
+    )
+
+    def handle(signum: int, _frame: object) -> None:
+        engine.stop()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    run_engine_until_stopped(engine, until_idle=args.until_idle)
+    _emit({"worker_id": engine.worker_id, "images": engine.stats.finished, "failed": engine.stats.failed})
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from downloader.health import system_check
+
+    services = _services(args)
+    checks = system_check(services, engine_expected=False)
+    for check in checks:
+        print(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}", file=sys.stderr)
+    healthy = all(c.ok for c in checks)
+    _emit({"healthy": healthy, "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks}})
+    return EXIT_OK if healthy else EXIT_UNHEALTHY

@@ -1,0 +1,118 @@
+"""Database engine, sessions and migrations for SQLite (default) and PostgreSQL.
+
+SQLite runs in WAL mode with a busy timeout; every write transaction starts with
+BEGIN IMMEDIATE so two writers queue on the lock instead of deadlocking on an upgrade from
+a read lock. Reads use plain deferred transactions and never block the writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlmodel import Session
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+_PG_MIGRATION_LOCK = 726_473_001  # arbitrary advisory-lock key for concurrent starts
+
+
+def normalize_url(url: str) -> URL:
+    """Accept plain postgresql:// URLs and use psycopg 3 for them."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+class Database:
+    """One engine per process; `read()` and `write()` hand out explicit sessions."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = normalize_url(url)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        self.is_postgres = self.url.get_backend_name() == "postgresql"
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.is_sqlite:
+            self._ensure_sqlite_folder()
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 60}
+        else:
+            kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=10)
+        self.engine: Engine = create_engine(self.url, **kwargs)
+        if self.is_sqlite:
+            _install_sqlite_pragmas(self.engine)
+        self.write_engine: Engine = self.engine.execution_options(bid_write=True)
+
+    def _ensure_sqlite_folder(self) -> None:
+        database = self.url.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with Session(self.engine) as session:
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A write transaction, committed on success and rolled back on error."""
+        with Session(self.write_engine) as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration; safe when several processes start."""
+        with self.write_engine.connect() as conn:
+            if self.is_postgres:
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            try:
+                config = Config()
+                config.set_main_option("script_location", str(MIGRATIONS_DIR))
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+                conn.commit()
+            finally:
+                if self.is_postgres:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_MIGRATION_LOCK})
+                    conn.commit()
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _install_sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below decide how transactions start.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        immediate = conn.get_execution_options().get("bid_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def open_database(url: str, *, migrate: bool = True) -> Database:
+    database = Database(url)
+    if migrate:
+        database.migrate()
+    return database

@@ -1,0 +1,263 @@
+"""The engine: claims leased work, downloads it through the Fetcher, stores the files and
+records results in batches.
+
+One Engine runs in one event loop. The app embeds one; `python -m downloader worker` and
+`run` start their own. Database calls are short and run in a worker thread so the event
+loop keeps streaming bytes while SQLite or PostgreSQL commits a batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+from anyio.abc import TaskGroup
+
+from downloader import queue
+from downloader.db import Database
+from downloader.fetch import Fetcher, FetchOutcome
+from downloader.models import ImageStatus
+from downloader.queue import Claim, Result
+from downloader.settings import Settings
+from downloader.storage import Storage, image_key
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL = 0.25  # seconds between result batches
+FLUSH_SIZE = 500  # results that trigger an early batch
+
+
+@dataclass
+class EngineStats:
+    claimed: int = 0
+    finished: int = 0
+    failed: int = 0
+    stale: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class Engine:
+    def __init__(
+        self,
+        db: Database,
+        storage: Storage,
+        settings: Settings,
+        *,
+        kind: str = "worker",
+        job_id: str | None = None,
+        share: float | None = None,
+    ) -> None:
+        self.db = db
+        self.storage = storage
+        self.settings = settings
+        self.kind = kind
+        self.job_id = job_id  # only this job (the `run` command); None = every active job
+        # share=None: follow the live engine count (workers, the app); `run` passes a fixed one
+        self.auto_share = share is None
+        self.share = 1.0 if share is None else share
+        self.worker_id = queue.make_worker_id(kind)
+        self.stats = EngineStats()
+        self._in_flight: dict[int, Claim] = {}
+        self._results: list[Result] = []
+        self._flush_wanted = anyio.Event()
+        self._stopping = False
+        self._active = 0  # download tasks running now
+        self.drain_seconds = 10.0
+        self._capacity = self._compute_capacity(self.share)
+
+    def _compute_capacity(self, share: float) -> int:
+        # Keep every download slot busy plus a small backlog waiting on per-host limits.
+        slots = max(1, math.floor(self.settings.max_global_concurrency * share))
+        return slots + max(8, slots // 2)
+
+    def stop(self) -> None:
+        """Stop claiming; in-flight downloads finish (or are released on cancel)."""
+        self._stopping = True
+        self._flush_wanted.set()
+
+    async def run(self, *, until_idle: bool = False) -> EngineStats:
+        """Process work until stop() (or, with until_idle, until nothing is claimable)."""
+        lease = self.settings.worker_lease_seconds
+        await anyio.to_thread.run_sync(queue.register_worker, self.db, self.worker_id, self.kind)
+        await anyio.to_thread.run_sync(queue.reap_dead_workers, self.db, lease * 2)
+        temp_dir = Path(self.storage.temp_dir())
+        temp_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            async with Fetcher(self.settings, temp_dir) as fetcher:
+                fetcher.set_share(self.share)
+                async with anyio.create_task_group() as housekeeping:
+                    if self.auto_share:
+                        await self._update_share(fetcher)
+                    housekeeping.start_soon(self._heartbeat_loop, fetcher)
+                    housekeeping.start_soon(self._flush_loop)
+                    try:
+                        async with anyio.create_task_group() as downloads:
+                            await self._claim_loop(fetcher, downloads, until_idle)
+                            # Stopping: let running downloads finish for a while, then
+                            # cancel them; their leases are released below.
+                            with anyio.move_on_after(self.drain_seconds):
+                                while self._active:
+                                    await anyio.sleep(0.05)
+                            downloads.cancel_scope.cancel()
+                    finally:
+                        self._stopping = True
+                        with anyio.CancelScope(shield=True):
+                            await self._flush()
+                        housekeeping.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._shutdown_db)
+        return self.stats
+
+    def _shutdown_db(self) -> None:
+        batch, self._results = self._results, []
+        if batch:
+            self._write_batch(batch)
+            for result in batch:
+                self._in_flight.pop(result.image_id, None)
+        queue.release_claims(self.db, self.worker_id, list(self._in_flight))
+        queue.unregister_worker(self.db, self.worker_id)
+
+    async def _claim_loop(self, fetcher: Fetcher, downloads: TaskGroup, until_idle: bool) -> None:
+        lease = self.settings.worker_lease_seconds
+        idle_sleep = 0.05
+        last_reap = time.monotonic()
+        while not self._stopping:
+            room = self._capacity - len(self._in_flight)
+            if room >= min(self.settings.claim_batch_size, max(1, self._capacity // 4)):
+                claims = await anyio.to_thread.run_sync(
+                    lambda: queue.claim(
+                        self.db,
+                        self.worker_id,
+                        min(room, self.settings.claim_batch_size),
+                        lease,
+                        job_id=self.job_id,
+                    )
+                )
+                for item in claims:
+                    self._in_flight[item.image_id] = item
+                    downloads.start_soon(self._download, fetcher, item)
+                self.stats.claimed += len(claims)
+                if claims:
+                    idle_sleep = 0.05
+                    continue
+                if until_idle and not self._in_flight and not self._results:
+                    if not await anyio.to_thread.run_sync(self._job_has_pending):
+                        return
+                idle_sleep = min(idle_sleep * 2, 1.0)
+            if time.monotonic() - last_reap > lease / 2:
+                last_reap = time.monotonic()
+                await anyio.to_thread.run_sync(queue.reap_dead_workers, self.db, lease * 2)
+            await anyio.sleep(idle_sleep if not self._in_flight else 0.02)
+
+    def _job_has_pending(self) -> bool:
+        if self.job_id is None:
+            return queue.has_claimable_work(self.db)
+        # Images leased by other live processes still count as pending for `run`.
+        return queue.pending_count(self.db, self.job_id) > 0
+
+    async def _download(self, fetcher: Fetcher, item: Claim) -> None:
+        self._active += 1
+        try:
+            await self._download_one(fetcher, item)
+        finally:
+            self._active -= 1
+
+    async def _download_one(self, fetcher: Fetcher, item: Claim) -> None:
+        try:
+            outcome = await fetcher.fetch(item.url)
+            result = await self._store(item, outcome)
+        except Exception as exc:  # a bug must not stall the job: record it as a failure
+            log.exception("unexpected error downloading image %s", item.image_id)
+            result = Result(
+                image_id=item.image_id,
+                status=ImageStatus.FAILED,
+                attempts=item.attempts + 1,
+                error_code="internal_error",
+                error=f"Internal error: {type(exc).__name__}.",
+            )
+        self._results.append(result)
+        if len(self._results) >= FLUSH_SIZE:
+            self._flush_wanted.set()
+
+    async def _store(self, item: Claim, outcome: FetchOutcome) -> Result:
+        attempts = item.attempts + outcome.attempts
+        if not outcome.ok or outcome.temp_path is None or outcome.format is None:
+            return Result(
+                image_id=item.image_id,
+                status=ImageStatus.FAILED,
+                attempts=attempts,
+                error_code=outcome.error_code or "unknown",
+                error=outcome.error,
+                http_status=outcome.http_status,
+            )
+        key = image_key(item.job_id, item.product_id, item.position, outcome.format)
+        if self.storage.name == "local":
+            self.storage.put(outcome.temp_path, key)  # an os.replace: cheaper than a thread hop
+        else:
+            await anyio.to_thread.run_sync(self.storage.put, outcome.temp_path, key)
+        return Result(
+            image_id=item.image_id,
+            status=ImageStatus.DONE,
+            attempts=attempts,
+            http_status=outcome.http_status,
+            sha256=outcome.sha256,
+            size_bytes=outcome.size,
+            format=outcome.format,
+            width=outcome.width,
+            height=outcome.height,
+            storage_key=key,
+        )
+
+    async def _flush_loop(self) -> None:
+        while True:
+            with anyio.move_on_after(FLUSH_INTERVAL):
+                await self._flush_wanted.wait()
+            self._flush_wanted = anyio.Event()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        # Take the batch in the loop thread; downloads keep appending to a fresh list.
+        batch, self._results = self._results, []
+        if not batch:
+            return
+        report = await anyio.to_thread.run_sync(self._write_batch, batch)
+        for result in batch:
+            self._in_flight.pop(result.image_id, None)
+            if result.status == ImageStatus.FAILED:
+                self.stats.failed += 1
+        self.stats.finished += len(batch)
+        self.stats.stale += report.stale
+
+    def _write_batch(self, batch: list[Result]) -> queue.FlushReport:
+        report = queue.record_results(self.db, self.worker_id, batch)
+        for key in report.duplicate_keys:
+            self.storage.delete(key)
+        return report
+
+    async def _heartbeat_loop(self, fetcher: Fetcher) -> None:
+        lease = self.settings.worker_lease_seconds
+        while True:
+            await anyio.sleep(max(0.5, lease / 3))
+            await anyio.to_thread.run_sync(
+                lambda: queue.heartbeat(
+                    self.db, self.worker_id, lease, len(self._in_flight), self.stats.finished
+                )
+            )
+            if self.auto_share:
+                await self._update_share(fetcher)
+
+    async def _update_share(self, fetcher: Fetcher) -> None:
+        """Split the deployment-wide limits evenly over the live long-running engines."""
+        live = await anyio.to_thread.run_sync(
+            queue.live_worker_count, self.db, self.settings.worker_lease_seconds * 2
+        )
+        share = 1.0 / max(1, live)
+        if share != self.share:
+            self.share = share
+            fetcher.set_share(share)
+            self._capacity = self._compute_capacity(share)

@@ -1,0 +1,225 @@
+"""Politeness primitives: resizable FIFO slots, per-host slots, a QPS pacer, a circuit breaker.
+
+All of them are asyncio-only and not thread-safe: one `Fetcher` lives on one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections import deque
+from dataclasses import dataclass
+
+
+class Slots:
+    """A FIFO semaphore whose capacity can change while it is in use.
+
+    Lowering the capacity never interrupts holders; new acquirers wait until the number of
+    holders is below the new capacity.
+    """
+
+    __slots__ = ("_capacity", "_in_use", "_waiters")
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = max(1, capacity)
+        self._in_use = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use
+
+    @property
+    def idle(self) -> bool:
+        return self._in_use == 0 and not self._waiters
+
+    def set_capacity(self, capacity: int) -> None:
+        self._capacity = max(1, capacity)
+        self._wake()
+
+    async def acquire(self) -> None:
+        if self._in_use < self._capacity and not self._waiters:
+            self._in_use += 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut  # the releaser hands its slot over (in_use already counts us)
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # handed a slot, then cancelled: give it back
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        self._in_use -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._in_use < self._capacity:
+            fut = self._waiters.popleft()
+            if fut.done():
+                continue
+            self._in_use += 1
+            fut.set_result(None)
+
+
+class HostSlots:
+    """Per-host `Slots`, created on demand and dropped when idle (a million hosts stay cheap)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = max(1, capacity)
+        self._hosts: dict[str, Slots] = {}
+
+    def set_capacity(self, capacity: int) -> None:
+        self._capacity = max(1, capacity)
+        for slots in self._hosts.values():
+            slots.set_capacity(self._capacity)
+
+    def in_use(self, host: str) -> int:
+        slots = self._hosts.get(host)
+        return slots.in_use if slots else 0
+
+    async def acquire(self, host: str) -> None:
+        slots = self._hosts.get(host)
+        if slots is None:
+            slots = self._hosts[host] = Slots(self._capacity)
+        try:
+            await slots.acquire()
+        except asyncio.CancelledError:
+            self._forget_if_idle(host, slots)
+            raise
+
+    def release(self, host: str) -> None:
+        slots = self._hosts[host]
+        slots.release()
+        self._forget_if_idle(host, slots)
+
+    def _forget_if_idle(self, host: str, slots: Slots) -> None:
+        if slots.idle and self._hosts.get(host) is slots:
+            del self._hosts[host]
+
+    def __len__(self) -> int:
+        return len(self._hosts)
+
+
+class Pacer:
+    """Global requests-per-second limit (GCRA, i.e. a token bucket of size `burst`).
+
+    `acquire` returns when the caller may send. Rate 0 disables pacing. Each caller reserves
+    its send time on entry, so waiting is O(1) and FIFO; a caller cancelled while waiting
+    forfeits its reserved time.
+    """
+
+    def __init__(self, rate: float, burst: float = 1.0) -> None:
+        self._rate = 0.0
+        self._interval = 0.0
+        self._tolerance = 0.0
+        self._burst = max(1.0, burst)
+        self._tat = 0.0  # theoretical arrival time of the next request
+        self.set_rate(rate)
+
+    @property
+    def rate(self) -> float:
+        return self._rate
+
+    def set_rate(self, rate: float) -> None:
+        self._rate = max(0.0, rate)
+        if self._rate > 0:
+            self._interval = 1.0 / self._rate
+            self._tolerance = (self._burst - 1.0) * self._interval
+
+    def reserve(self, now: float) -> float:
+        """Reserve the next send time; returns how long to wait from `now`."""
+        if self._rate <= 0:
+            return 0.0
+        start = max(now, self._tat - self._tolerance)
+        self._tat = max(self._tat, start) + self._interval
+        return start - now
+
+    async def acquire(self) -> None:
+        if self._rate <= 0:
+            return
+        delay = self.reserve(asyncio.get_running_loop().time())
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+@dataclass(slots=True)
+class _HostHealth:
+    failures: int = 0
+    open_until: float = 0.0
+    probing: bool = False
+
+
+class CircuitBreaker:
+    """Per-host breaker on consecutive connection failures and timeouts.
+
+    closed -> (threshold consecutive failures) -> open for `cooldown` s: every request fails
+    fast -> half-open: exactly one probe request is let through; its success closes the
+    breaker, its failure opens it for another cooldown. Any success resets the count.
+    """
+
+    def __init__(self, threshold: int, cooldown: float) -> None:
+        self.threshold = max(1, threshold)
+        self.cooldown = max(0.0, cooldown)
+        self._hosts: dict[str, _HostHealth] = {}
+
+    def admit(self, host: str, now: float) -> tuple[bool, bool]:
+        """(allowed, is_probe). A probe must be settled with success/failure/abandon."""
+        health = self._hosts.get(host)
+        if health is None or health.failures < self.threshold:
+            return True, False
+        if now < health.open_until or health.probing:
+            return False, False
+        health.probing = True
+        return True, True
+
+    def retry_in(self, host: str, now: float) -> float:
+        health = self._hosts.get(host)
+        if health is None:
+            return 0.0
+        return max(0.0, health.open_until - now)
+
+    def is_open(self, host: str, now: float) -> bool:
+        health = self._hosts.get(host)
+        return (
+            health is not None
+            and health.failures >= self.threshold
+            and (now < health.open_until or health.probing)
+        )
+
+    def success(self, host: str) -> None:
+        self._hosts.pop(host, None)
+
+    def failure(self, host: str, now: float, probe: bool = False) -> None:
+        health = self._hosts.get(host)
+        if health is None:
+            health = self._hosts[host] = _HostHealth()
+        health.failures += 1
+        if probe:
+            health.probing = False
+        opens = health.failures >= self.threshold and (probe or not health.probing)
+        if opens and now >= health.open_until:
+            health.open_until = now + self.cooldown
+
+    def abandon(self, host: str, probe: bool) -> None:
+        """The request neither succeeded nor failed (cancelled, or an HTTP-level answer that
+        says nothing about reachability was not reached); lets another probe through."""
+        if probe:
+            health = self._hosts.get(host)
+            if health is not None:
+                health.probing = False
+
+
+def scaled(value: int, share: float) -> int:
+    """floor(value * share), at least 1: N workers with share 1/N never exceed `value` together
+    (unless value < N, where each still needs one slot)."""
+    return max(1, math.floor(value * share + 1e-9))

@@ -1,0 +1,124 @@
+"""Image type from the bytes (magic numbers) and dimensions from the header (Pillow, lazy open).
+
+Never trusts Content-Type or the URL's extension, and never decodes pixels: `Image.open` only
+parses the header, which is enough for width and height.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, features
+
+if not features.check("avif"):  # Pillow built without libavif: use the plugin package
+    with contextlib.suppress(ImportError):  # the pinned requirements include it
+        import pillow_avif  # noqa: F401
+
+FORMATS = ("jpg", "png", "webp", "avif", "gif")
+PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP", "avif": "AVIF", "gif": "GIF"}
+HEAD_BYTES = 64  # enough for every signature below, incl. the AVIF ftyp brands
+
+_AVIF_BRANDS = (b"avif", b"avis")
+
+
+class SniffError(Exception):
+    """The bytes are not a supported image; `code` is not_an_image or decompression_bomb."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    format: str  # jpg, png, webp, avif, gif
+    width: int
+    height: int
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The image format of a file starting with `head`, or None."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[4:8] == b"ftyp":
+        box_size = int.from_bytes(head[0:4], "big")
+        brands = [head[8:12]]
+        end = min(box_size, len(head))
+        brands += [head[i : i + 4] for i in range(16, end - 3, 4)]
+        if any(brand in _AVIF_BRANDS for brand in brands):
+            return "avif"
+    return None
+
+
+def describe_non_image(head: bytes) -> str:
+    """A short guess at what a non-image body is, for the error message."""
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
+        return "an HTML page"
+    if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in text):
+        return "an SVG drawing, which is not supported"
+    if text.startswith(b"<?xml") or text.startswith(b"<"):
+        return "an XML/HTML document"
+    if text.startswith((b"{", b"[")):
+        return "JSON text"
+    if head.startswith(b"%PDF"):
+        return "a PDF document"
+    if head.startswith(b"BM"):
+        return "a BMP image, which is not supported"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "a TIFF image, which is not supported"
+    if head[4:8] == b"ftyp":
+        return "an ISO media file (HEIC/MP4?), which is not supported"
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "plain text"
+    return "not a recognised image"
+
+
+def image_info(path: Path, head: bytes) -> ImageInfo:
+    """Format (from `head`, the file's first bytes) and dimensions (from the header at `path`).
+
+    Raises SniffError(not_an_image | decompression_bomb).
+    """
+    fmt = sniff_format(head)
+    if fmt is None:
+        what = describe_non_image(head)
+        raise SniffError(
+            "not_an_image",
+            f"The file is not a JPEG, PNG, WebP, AVIF or GIF image ({what}).",
+        )
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path, formats=[PIL_FORMATS[fmt]]) as im:
+                width, height = im.size
+    except Image.DecompressionBombError:
+        raise SniffError(
+            "decompression_bomb",
+            f"The image declares more than {2 * (limit or 0):,} pixels (a decompression bomb).",
+        ) from None
+    except Exception as exc:  # Pillow raises many types for a broken header
+        raise SniffError(
+            "not_an_image",
+            f"The file starts like a {fmt.upper()} image but its header is unreadable.",
+        ) from exc
+    if width <= 0 or height <= 0:
+        raise SniffError("not_an_image", f"The {fmt.upper()} image declares no pixels.")
+    if limit is not None and width * height > limit:
+        raise SniffError(
+            "decompression_bomb",
+            f"The image declares {width}x{height} pixels, more than the "
+            f"{limit:,} allowed (a decompression bomb).",
+        )
+    return ImageInfo(fmt, width, height)
+

@@ -1,0 +1,361 @@
+"""SSRF guard: which URLs and addresses the downloader may connect to.
+
+Three layers, all driven by one `Guard`:
+
+* `check_url` (no DNS): scheme http/https, a host, URL allow/deny lists, and IP-literal hosts in
+  every spelling that `inet_aton`/`getaddrinfo` accept (``2130706433``, ``0177.0.0.1``,
+  ``0x7f.1``, ``127.1``, ``[::ffff:127.0.0.1]`` …).
+* `check_address`: one resolved address. Loopback, private (RFC 1918), link-local, CGNAT,
+  multicast, reserved, unspecified, broadcast and cloud-metadata addresses are refused; IPv6
+  wrappers (IPv4-mapped, NAT64, 6to4, Teredo) are unwrapped and the embedded IPv4 re-checked.
+* `GuardedResolver`: an aiohttp resolver that vets every address DNS returns and hands aiohttp
+  only vetted ones, so the address actually connected to is the one checked (no DNS-rebinding
+  window). aiohttp skips the resolver for IP-literal hosts; the fetch transport calls
+  `check_host` on those right before connecting.
+
+`ALLOWED_PRIVATE_NETWORKS` exempts addresses inside the listed CIDRs - except cloud metadata
+addresses, which stay blocked whatever the exemptions (an exemption of ``0.0.0.0/0`` must not
+expose instance credentials).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+if TYPE_CHECKING:
+    from downloader.settings import Settings
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+BLOCKED_TAIL = "downloads from internal networks are blocked"
+
+
+def _nets(*specs: tuple[str, str]) -> list[tuple[IPNetwork, str]]:
+    return [(ipaddress.ip_network(cidr), label) for cidr, label in specs]
+
+
+METADATA = "a cloud metadata address"
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a)
+    for a in (
+        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean ...
+        "169.254.170.2",  # AWS ECS task metadata
+        "169.254.169.123",  # AWS time sync
+        "100.100.100.200",  # Alibaba Cloud
+        "192.0.0.192",  # Oracle Cloud
+        "fd00:ec2::254",  # AWS IMDS over IPv6
+        "fd00:ec2::23",  # AWS ECS IPv6
+    )
+)
+
+# Checked in order; the first match names the reason.
+_IPV4_BLOCKS = _nets(
+    ("255.255.255.255/32", "the broadcast address"),
+    ("0.0.0.0/8", "an unspecified ('this network') address"),
+    ("127.0.0.0/8", "a loopback address"),
+    ("10.0.0.0/8", "a private (RFC 1918) address"),
+    ("172.16.0.0/12", "a private (RFC 1918) address"),
+    ("192.168.0.0/16", "a private (RFC 1918) address"),
+    ("100.64.0.0/10", "a carrier-grade NAT (100.64.0.0/10) address"),
+    ("169.254.0.0/16", "a link-local address"),
+    ("224.0.0.0/4", "a multicast address"),
+    ("192.0.0.0/24", "a reserved (IETF protocol) address"),
+    ("192.0.2.0/24", "a reserved (documentation) address"),
+    ("198.51.100.0/24", "a reserved (documentation) address"),
+    ("203.0.113.0/24", "a reserved (documentation) address"),
+    ("198.18.0.0/15", "a reserved (benchmarking) address"),
+    ("192.88.99.0/24", "a reserved (6to4 relay) address"),
+    ("240.0.0.0/4", "a reserved address"),
+)
+_IPV6_BLOCKS = _nets(
+    ("::/128", "an unspecified address"),
+    ("::1/128", "a loopback address"),
+    ("fe80::/10", "a link-local address"),
+    ("fc00::/7", "a unique-local (private) address"),
+    ("fec0::/10", "a site-local (private) address"),
+    ("ff00::/8", "a multicast address"),
+    ("100::/64", "a reserved (discard-only) address"),
+    ("2001:db8::/32", "a reserved (documentation) address"),
+)
+
+_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+_SIXTOFOUR = ipaddress.ip_network("2002::/16")
+_TEREDO = ipaddress.ip_network("2001::/32")
+
+
+def _rfc6052_extract(value: int, prefix_len: int) -> ipaddress.IPv4Address:
+    """The IPv4 address embedded after a `prefix_len` NAT64 prefix (RFC 6052 section 2.2).
+
+    Bits 64-71 (the "u" octet) never carry address bits.
+    """
+    bits = 0
+    taken = 0
+    pos = prefix_len
+    while taken < 32:
+        if 64 <= pos < 72:
+            pos = 72
+            continue
+        bit = (value >> (127 - pos)) & 1
+        bits = (bits << 1) | bit
+        taken += 1
+        pos += 1
+    return ipaddress.IPv4Address(bits)
+
+
+def embedded_ipv4(addr: ipaddress.IPv6Address) -> list[tuple[str, ipaddress.IPv4Address]]:
+    """IPv4 addresses an IPv6 wrapper carries, with the wrapper's name; [] for plain IPv6."""
+    value = int(addr)
+    if addr in _MAPPED:
+        return [("an IPv4-mapped IPv6 address", ipaddress.IPv4Address(value & 0xFFFFFFFF))]
+    if addr in _NAT64:
+        return [("a NAT64 address", ipaddress.IPv4Address(value & 0xFFFFFFFF))]
+    if addr in _NAT64_LOCAL:
+        # The local-use prefix may be used with any prefix length from /48 on: try each layout.
+        return [
+            ("a local-use NAT64 address", _rfc6052_extract(value, length))
+            for length in (48, 56, 64, 96)
+        ]
+    if addr in _SIXTOFOUR:
+        return [("a 6to4 address", ipaddress.IPv4Address((value >> 80) & 0xFFFFFFFF))]
+    if addr in _TEREDO:
+        server = ipaddress.IPv4Address((value >> 64) & 0xFFFFFFFF)
+        client = ipaddress.IPv4Address(~value & 0xFFFFFFFF)
+        return [("a Teredo address", client), ("a Teredo address", server)]
+    return []
+
+
+def parse_ipv4_host(host: str) -> ipaddress.IPv4Address | None:
+    """Parse an IPv4 host the way inet_aton/getaddrinfo do, or None if `host` is a name.
+
+    Accepts 1-4 dot-separated parts, each decimal, octal (leading 0) or hex (0x); the last part
+    fills the remaining bytes (``127.1`` = 127.0.0.1, ``2130706433`` = 127.0.0.1). A single
+    trailing dot is ignored. Returns None for anything that is not purely numeric.
+    """
+    text = host.strip().lower()
+    if text.endswith("."):
+        text = text[:-1]
+    parts = text.split(".")
+    if not text or len(parts) > 4:
+        return None
+    numbers: list[int] = []
+    for part in parts:
+        if not part:
+            return None
+        if part.startswith("0x"):
+            digits, base = part[2:], 16
+            allowed = "0123456789abcdef"
+        elif len(part) > 1 and part.startswith("0"):
+            digits, base = part[1:], 8
+            allowed = "01234567"
+        else:
+            digits, base = part, 10
+            allowed = "0123456789"
+        if any(ch not in allowed for ch in digits):
+            return None
+        numbers.append(int(digits, base) if digits else 0)
+    *head, last = numbers
+    if any(n > 255 for n in head) or last >= 256 ** (4 - len(head)):
+        # inet_aton refuses it; getaddrinfo would then ask DNS, where the resolver vets it.
+        return None
+    value = last
+    for index, number in enumerate(head):
+        value += number << (8 * (3 - index))
+    return ipaddress.IPv4Address(value)
+
+
+def parse_ip_host(host: str) -> IPAddress | None:
+    """An IP-literal host (IPv6 with or without brackets/zone, IPv4 in any legacy spelling)."""
+    text = host.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if ":" in text:
+        text = text.replace("%25", "%", 1)
+        try:
+            return ipaddress.IPv6Address(text)
+        except ValueError:
+            return None
+    return parse_ipv4_host(text)
+
+
+class AddressBlockedError(OSError):
+    """Raised by `GuardedResolver` when no resolved address may be connected to."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a URL may not be fetched: code is ``bad_url`` or ``blocked_address``."""
+
+    code: str
+    reason: str
+
+
+class Guard:
+    """The SSRF rules for one set of settings. Cheap to call; holds no I/O resources."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._exempt: list[IPNetwork] = [
+            ipaddress.ip_network(cidr, strict=False) for cidr in settings.allowed_private_networks
+        ]
+        self._allow = [p.strip().lower() for p in settings.url_allowlist if p.strip()]
+        self._deny = [p.strip().lower() for p in settings.url_denylist if p.strip()]
+
+    # -- addresses -------------------------------------------------------------------------
+
+    def _exempted(self, addr: IPAddress) -> bool:
+        return any(addr.version == net.version and addr in net for net in self._exempt)
+
+    def _label(self, addr: IPAddress) -> str | None:
+        """Why `addr` is refused (a noun phrase), or None when it may be connected to."""
+        if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id:
+            addr = ipaddress.IPv6Address(int(addr))  # drop the zone: fe80::1%eth0 -> fe80::1
+        if addr in METADATA_ADDRESSES:
+            return METADATA
+        if self._exempted(addr):
+            return None
+        if isinstance(addr, ipaddress.IPv6Address):
+            wrapped = embedded_ipv4(addr)
+            if wrapped:
+                for wrapper, inner in wrapped:
+                    inner_label = self._label(inner)
+                    if inner_label is not None:
+                        return f"{wrapper} wrapping {inner}, {inner_label}"
+                return None
+            table = _IPV6_BLOCKS
+        else:
+            table = _IPV4_BLOCKS
+        for net, label in table:
+            if addr in net:
+                return label
+        if not addr.is_global:
+            return "a reserved (non-global) address"
+        return None
+
+    def check_address(self, ip: str | IPAddress) -> str | None:
+        """Reason `ip` may not be connected to, or None. Unparseable input is refused."""
+        if isinstance(ip, str):
+            parsed = parse_ip_host(ip)
+            if parsed is None:
+                return f"{ip!r} is not an IP address"
+            ip = parsed
+        label = self._label(ip)
+        if label is None:
+            return None
+        return f"{ip} is {label}; {BLOCKED_TAIL}"
+
+    # -- host names and URLs -----------------------------------------------------------------
+
+    def check_host(self, host: str) -> str | None:
+        """Reason a URL host (name or IP literal in any spelling) is refused, or None. No DNS."""
+        name = host.strip().lower()
+        if name.startswith("[") and name.endswith("]"):
+            name = name[1:-1]
+        if not name:
+            return "the URL has no host"
+        addr = parse_ip_host(name)
+        if addr is not None:
+            label = self._label(addr)
+            if label is not None:
+                shown = str(addr) if name == str(addr) else f"{name} (= {addr})"
+                return f"{shown} is {label}; {BLOCKED_TAIL}"
+            plain = str(addr)
+        else:
+            plain = name.rstrip(".")
+            if plain == "localhost" or plain.endswith(".localhost"):
+                # RFC 6761: always loopback, whatever DNS says.
+                label = self._label(ipaddress.IPv4Address("127.0.0.1"))
+                if label is not None:
+                    return f"{plain} is {label}; {BLOCKED_TAIL}"
+        for pattern in self._deny:
+            if fnmatch.fnmatchcase(plain, pattern):
+                return f"{plain} matches the URL denylist pattern {pattern!r}"
+        if self._allow and not any(fnmatch.fnmatchcase(plain, p) for p in self._allow):
+            return f"{plain} is not on the URL allowlist"
+        return None
+
+    def vet_url(self, url: str) -> Refusal | None:
+        """Refusal (bad_url or blocked_address) for `url`, or None. No DNS."""
+        try:
+            parts = urlsplit(url.strip())
+            host = parts.hostname
+            _ = parts.port  # raises on a bad port
+        except ValueError:
+            return Refusal("bad_url", "The URL is not a valid address.")
+        if parts.scheme.lower() not in ("http", "https"):
+            return Refusal("bad_url", "Only http and https URLs can be downloaded.")
+        if not host:
+            return Refusal("bad_url", "The URL has no host name.")
+        reason = self.check_host(host)
+        if reason is not None:
+            return Refusal("blocked_address", _sentence(reason))
+        return None
+
+    def check_url(self, url: str) -> str | None:
+        """Reason `url` is refused (bad scheme, no host, blocked host/IP literal), or None."""
+        refusal = self.vet_url(url)
+        return refusal.reason if refusal else None
+
+    def resolver(self, inner: AbstractResolver | None = None) -> GuardedResolver:
+        """An aiohttp resolver that only returns addresses this guard allows."""
+        return GuardedResolver(self, inner)
+
+
+def _sentence(reason: str) -> str:
+    reason = reason[:1].upper() + reason[1:]
+    return reason if reason.endswith(".") else reason + "."
+
+
+class GuardedResolver(AbstractResolver):
+    """Wraps an aiohttp resolver (default: getaddrinfo in a thread) and drops refused addresses.
+
+    If every address is refused, raises `AddressBlockedError` (an OSError, so aiohttp wraps it
+    in ClientConnectorDNSError and the transport can recognise it).
+    """
+
+    def __init__(self, guard: Guard, inner: AbstractResolver | None = None) -> None:
+        self._guard = guard
+        self._inner = inner
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        if self._inner is None:
+            from aiohttp.resolver import ThreadedResolver
+
+            self._inner = ThreadedResolver()
+        results = await self._inner.resolve(host, port, family)
+        return vet_resolved(self._guard, host, results)
+
+    async def close(self) -> None:
+        if self._inner is not None:
+            await self._inner.close()
+
+
+def vet_resolved(guard: Guard, host: str, results: Sequence[ResolveResult]) -> list[ResolveResult]:
+    """The results whose address the guard allows; AddressBlockedError when none is left."""
+    allowed: list[ResolveResult] = []
+    first_refusal: str | None = None
+    for result in results:
+        addr = parse_ip_host(str(result["host"]))
+        label = guard._label(addr) if addr is not None else "not an IP address"
+        if label is None:
+            allowed.append(result)
+        elif first_refusal is None:
+            first_refusal = f"{host} resolves to {result['host']}, {label}; {BLOCKED_TAIL}"
+    if not allowed:
+        raise AddressBlockedError(first_refusal or f"{host} did not resolve to any address")
+    return allowed

@@ -1,0 +1,204 @@
+"""Validation of product numbers and URLs, duplicate removal and positions, column-wise.
+
+Each rule is one regular expression run by pyarrow (RE2, in C++) over the whole column; only
+the rows that fail are looked at one by one, to say why.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .expand import stack_urls
+from .model import MAX_PRODUCT_CHARS, MAX_URL_CHARS, RejectedRow, shown
+
+PRODUCT_EMPTY = "Product number is empty"
+PRODUCT_TOO_LONG = f"Product number is longer than {MAX_PRODUCT_CHARS} characters"
+PRODUCT_BAD_CHARS = "Product number may only contain letters, digits, - and _"
+NO_URL = "No image URL for this product"
+URL_TOO_LONG = f"URL is longer than {MAX_URL_CHARS} characters"
+URL_BAD_SCHEME = "URL must start with http:// or https://"
+URL_NO_HOST = "URL has no valid host name"
+URL_BAD_CHARS = "URL contains spaces or control characters"
+
+# Written for RE2 as well as Python's re (no \s, no $, no lookaround), so that pandas hands
+# them to pyarrow. str.match anchors at the start; \Z is the end of the text.
+_PRODUCT_OK = rf"[A-Za-z0-9_-]{{1,{MAX_PRODUCT_CHARS}}}\Z"
+_SCHEME = r"[Hh][Tt][Tt][Pp][Ss]?://"
+_AUTHORITY = (
+    _SCHEME
+    + r"(?:[^/?#@\x00-\x20\x7f]*@)?"  # user info
+    + r"(?:\[[0-9A-Fa-f:.]+\]|[^/?#@:\[\]\\<>\"{}|^`\x00-\x20\x7f]+)"  # [IPv6] or host name
+    + r"(?::[0-9]{0,5})?"  # port
+)
+_URL_OK = _AUTHORITY + r"(?:[/?#][^\x00-\x20\x7f]*)?\Z"
+_HOST_RE = re.compile(_AUTHORITY + r"(?:[/?#]|\Z)")
+_SCHEME_RE = re.compile(_SCHEME)
+_PRODUCT_RE = re.compile(r"[A-Za-z0-9_-]+\Z")
+
+
+@dataclass
+class Checked:
+    frame: pd.DataFrame
+    rejected: list[RejectedRow]
+    duplicates: list[RejectedRow]
+
+
+def product_ok(products: pd.Series) -> np.ndarray:
+    """Mask of usable product numbers (1-64 letters, digits, dash, underscore)."""
+    return products.str.match(_PRODUCT_OK).to_numpy(dtype=bool)
+
+
+def product_reason(product: str) -> str:
+    """Why one product number is unusable."""
+    if not product:
+        return PRODUCT_EMPTY
+    if len(product) > MAX_PRODUCT_CHARS:
+        return PRODUCT_TOO_LONG
+    return PRODUCT_BAD_CHARS
+
+
+def url_ok(urls: pd.Series) -> np.ndarray:
+    """Mask of usable URLs (absolute http/https with a host, at most 2048 characters)."""
+    fits = (urls.str.len() <= MAX_URL_CHARS).to_numpy(dtype=bool)
+    return fits & urls.str.match(_URL_OK).to_numpy(dtype=bool)
+
+
+def url_reason(url: str) -> str:
+    """Why one URL is unusable."""
+    if len(url) > MAX_URL_CHARS:
+        return URL_TOO_LONG
+    if not _SCHEME_RE.match(url):
+        return URL_BAD_SCHEME
+    if not _HOST_RE.match(url):
+        return URL_NO_HOST
+    return URL_BAD_CHARS
+
+
+def check(data: pd.DataFrame, url_columns: list[str]) -> Checked:
+    """Validate the used columns of the non-blank data rows.
+
+    ``data`` holds ``product`` and the URL columns (stripped text), indexed by source row.
+    """
+    rejected: list[tuple[int, int, RejectedRow]] = []  # (row, order, entry) for sorting
+
+    good_product = product_ok(data["product"])
+    if not good_product.all():
+        bad = data[~good_product]
+        joined = _joined_urls(bad, url_columns)
+        for row, product, url in zip(
+            bad.index.tolist(), bad["product"].tolist(), joined, strict=True
+        ):
+            entry = RejectedRow(row, product_reason(product), shown(product), shown(url))
+            rejected.append((row, 0, entry))
+        data = data[good_product]
+
+    long = stack_urls(data, url_columns)
+
+    # Rows with a product and no URL: normal for Shopify variant rows and wide layouts as long
+    # as the product has images elsewhere; otherwise the product's first row says so.
+    with_url = np.isin(data.index.to_numpy(), long["source_row"].to_numpy())
+    if not with_url.all():
+        bare = data[~with_url]
+        bare = bare[~bare["product"].isin(long["product"].unique())]
+        bare = bare[~bare["product"].duplicated()]
+        for row, product in zip(bare.index.tolist(), bare["product"].tolist(), strict=True):
+            rejected.append((row, 0, RejectedRow(row, NO_URL, shown(product), "")))
+
+    good_url = url_ok(long["url"])
+    if not good_url.all():
+        bad = long[~good_url]
+        for order, (row, product, url) in enumerate(
+            zip(
+                bad["source_row"].tolist(),
+                bad["product"].tolist(),
+                bad["url"].tolist(),
+                strict=True,
+            ),
+            start=1,
+        ):
+            entry = RejectedRow(row, url_reason(url), shown(product), shown(url))
+            rejected.append((row, order, entry))
+        long = long[good_url]
+
+    frame, duplicates = _deduplicate(long)
+    rejected.sort(key=lambda item: (item[0], item[1]))
+    return Checked(frame, [entry for _, _, entry in rejected], duplicates)
+
+
+def _joined_urls(rows: pd.DataFrame, url_columns: list[str]) -> list[str]:
+    if len(url_columns) == 1:
+        return [str(cell) for cell in rows[url_columns[0]].tolist()]
+    cells = rows[url_columns].astype(str).to_numpy().tolist()
+    return [" ".join(cell for cell in row if cell) for row in cells]
+
+
+def _product_codes(products: pd.Series) -> tuple[np.ndarray, bool]:
+    """Codes numbering products by first appearance, and whether rows are grouped already.
+
+    The usual input lists each product's rows together; then the codes come from where the
+    product changes, without hashing every row.
+    """
+    count = len(products)
+    if count == 0:
+        return np.zeros(0, dtype=np.int64), True
+    values = products.array
+    changed = np.empty(count, dtype=bool)
+    changed[0] = True
+    changed[1:] = np.asarray(values[1:] != values[:-1], dtype=bool)
+    heads = pd.Series(values[np.flatnonzero(changed)])
+    if not heads.duplicated().any():
+        return np.cumsum(changed, dtype=np.int64) - 1, True
+    codes, _ = pd.factorize(products, sort=False)
+    return codes.astype(np.int64), False
+
+
+def _deduplicate(long: pd.DataFrame) -> tuple[pd.DataFrame, list[RejectedRow]]:
+    """Drop repeated URLs within a product; number the rest 1..n; order by product."""
+    product_codes, grouped = _product_codes(long["product"])
+    url_codes, url_uniques = pd.factorize(long["url"], sort=False)
+    duplicates: list[RejectedRow] = []
+    if len(url_uniques) < len(long):  # some URL appears twice (maybe for different products)
+        key = product_codes * max(len(url_uniques), 1) + url_codes
+        repeated = pd.Series(key).duplicated().to_numpy()
+        if repeated.any():
+            rows = long["source_row"].to_numpy()
+            first_row = pd.Series(rows).groupby(key).transform("first").to_numpy()
+            dup = long[repeated]
+            for row, first, product, url in zip(
+                dup["source_row"].tolist(),
+                first_row[repeated].tolist(),
+                dup["product"].tolist(),
+                dup["url"].tolist(),
+                strict=True,
+            ):
+                where = "earlier in the same row" if first == row else f"in row {first}"
+                reason = f"Duplicate URL (same as {where})"
+                duplicates.append(RejectedRow(row, reason, shown(product), shown(url)))
+            long = long[~repeated]
+            product_codes = product_codes[~repeated]
+    if not grouped:
+        order = np.argsort(product_codes, kind="stable")
+        long = long.iloc[order]
+        product_codes = product_codes[order]
+    codes = product_codes
+    # Codes are sorted now: a product's run starts where the code changes.
+    if len(codes):
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        run_start = np.repeat(starts, np.diff(np.r_[starts, len(codes)]))
+    else:
+        run_start = codes
+    position = np.arange(len(codes), dtype=np.int64) - run_start + 1
+    frame = pd.DataFrame(
+        {
+            "product": long["product"].astype(str).array,
+            "url": long["url"].astype(str).array,
+            "position": position,
+            "source_row": long["source_row"].to_numpy(dtype=np.int64),
+        },
+        copy=False,
+    )
+    return frame, duplicates

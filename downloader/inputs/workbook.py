@@ -1,0 +1,200 @@
+"""XLSX to the raw table of strings (same shape as tabular.read_text_table gives).
+
+Values are the cells' cached values (a formula reads as what Excel last computed), numbers
+are written the way a person typed them (12345, not 12345.0). python-calamine reads the
+workbook when it is installed (about ten times faster); openpyxl otherwise.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pandas as pd
+
+from .decoding import display_name
+from .model import InputError
+
+try:  # optional: a Rust reader, much faster than openpyxl on big sheets
+    import python_calamine
+except ImportError:  # pragma: no cover - exercised when the package is absent
+    python_calamine = None
+
+USE_CALAMINE = python_calamine is not None
+
+
+def cell_text(value: object) -> str:
+    """A cell value as the text a person sees in the sheet."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e16:
+            return str(int(value))
+        return format(value, ".15g")  # Excel shows 15 significant digits
+    if isinstance(value, dt.datetime):
+        if value.time() == dt.time(0):
+            return value.date().isoformat()
+        return value.isoformat(sep=" ")
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    return str(value)
+
+
+def sheet_names(data: bytes, filename: str = "workbook.xlsx") -> list[str]:
+    """Names of the workbook's worksheets, in workbook order."""
+    if USE_CALAMINE:
+        workbook = _calamine_open(data, filename)
+        try:
+            return _calamine_worksheets(workbook)
+        finally:
+            workbook.close()
+    book = _openpyxl_open(data, filename)
+    try:
+        return [sheet.title for sheet in book.worksheets]
+    finally:
+        book.close()
+
+
+def read_workbook_table(
+    data: bytes,
+    filename: str,
+    *,
+    sheet: str | None = None,
+    row_cap: int | None = None,
+    use_calamine: bool | None = None,
+) -> pd.DataFrame:
+    """Read one worksheet (the first unless ``sheet`` names another) into the raw table.
+
+    ``row_cap`` bounds how many rows are read; ``row_cap + 1`` rows coming back means more.
+    """
+    calamine = USE_CALAMINE if use_calamine is None else use_calamine
+    nrows = None if row_cap is None else row_cap + 1
+    rows = (
+        _calamine_rows(data, filename, sheet, nrows)
+        if calamine
+        else _openpyxl_rows(data, filename, sheet, nrows)
+    )
+    return _rows_to_frame(rows)
+
+
+def _rows_to_frame(rows: Iterable[Sequence[Any]]) -> pd.DataFrame:
+    columns: list[list[str]] = []
+    count = 0
+    for row in rows:
+        for position, value in enumerate(row):
+            if position == len(columns):
+                columns.append([""] * count)
+            columns[position].append(value if type(value) is str else cell_text(value))
+        for position in range(len(row), len(columns)):
+            columns[position].append("")
+        count += 1
+    # Trailing empty rows and columns are dropped later; keep the frame as the sheet is.
+    frame = pd.DataFrame(
+        {position: pd.Series(values, dtype=str) for position, values in enumerate(columns)},
+        index=pd.RangeIndex(1, count + 1),
+    )
+    frame.columns = pd.RangeIndex(len(columns))
+    return frame
+
+
+def _unreadable(filename: str) -> InputError:
+    return InputError(
+        f"{display_name(filename)} is not a readable .xlsx workbook (the file is damaged or "
+        "has another format)."
+    )
+
+
+def _no_sheet(filename: str, sheet: str, names: list[str]) -> InputError:
+    listed = ", ".join(repr(name) for name in names) or "none"
+    return InputError(
+        f"{display_name(filename)} has no sheet named {sheet!r}; its sheets are {listed}."
+    )
+
+
+# --- python-calamine -------------------------------------------------------------------------
+
+
+def _calamine_open(data: bytes, filename: str) -> Any:
+    assert python_calamine is not None
+    try:
+        return python_calamine.CalamineWorkbook.from_filelike(io.BytesIO(data))
+    except Exception:
+        raise _unreadable(filename) from None
+
+
+def _calamine_worksheets(workbook: Any) -> list[str]:
+    worksheet = python_calamine.SheetTypeEnum.WorkSheet  # type: ignore[union-attr]
+    return [meta.name for meta in workbook.sheets_metadata if meta.typ == worksheet]
+
+
+def _calamine_rows(
+    data: bytes, filename: str, sheet: str | None, nrows: int | None
+) -> list[list[Any]]:
+    workbook = _calamine_open(data, filename)
+    try:
+        names = _calamine_worksheets(workbook)
+        if sheet is None:
+            if not names:
+                raise InputError(f"{display_name(filename)} has no worksheet.")
+            sheet = names[0]
+        elif sheet not in names:
+            raise _no_sheet(filename, sheet, names)
+        try:
+            rows: list[list[Any]] = workbook.get_sheet_by_name(sheet).to_python(
+                skip_empty_area=False, nrows=nrows
+            )
+        except Exception:
+            raise _unreadable(filename) from None
+        return rows
+    finally:
+        workbook.close()
+
+
+# --- openpyxl ----------------------------------------------------------------------------------
+
+
+def _openpyxl_open(data: bytes, filename: str) -> Any:
+    import openpyxl
+
+    try:
+        return openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+    except Exception:
+        raise _unreadable(filename) from None
+
+
+def _openpyxl_rows(
+    data: bytes, filename: str, sheet: str | None, nrows: int | None
+) -> list[tuple[Any, ...]]:
+    book = _openpyxl_open(data, filename)
+    try:
+        names = [worksheet.title for worksheet in book.worksheets]
+        if sheet is None:
+            if not names:
+                raise InputError(f"{display_name(filename)} has no worksheet.")
+            worksheet = book.worksheets[0]
+        elif sheet in names:
+            worksheet = book[sheet]
+        else:
+            raise _no_sheet(filename, sheet, names)
+        try:
+            worksheet.reset_dimensions()  # the stored dimension can be wrong; read every row
+            rows: list[tuple[Any, ...]] = []
+            for row in worksheet.iter_rows(min_row=1, values_only=True):
+                rows.append(row)
+                if nrows is not None and len(rows) >= nrows:
+                    break
+        except InputError:
+            raise
+        except Exception:
+            raise _unreadable(filename) from None
+        return rows
+    finally:
+        book.close()

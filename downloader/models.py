@@ -1,0 +1,152 @@
+"""SQLModel tables: Job 1—n Product 1—n Image, plus rejected input rows and live workers.
+
+Times are float epoch seconds: portable across SQLite and PostgreSQL and cheap to compare
+in lease queries. The schema itself is created by the Alembic migrations in
+downloader/migrations, which must be kept in step with these classes.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import StrEnum
+
+from sqlalchemy import Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+    COMPLETED = "completed"
+
+
+class ImageStatus(StrEnum):
+    QUEUED = "queued"
+    DOWNLOADING = "downloading"
+    DONE = "done"
+    DUPLICATE = "duplicate"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+ACTIVE_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+PENDING_IMAGE_STATUSES = (ImageStatus.QUEUED, ImageStatus.DOWNLOADING)
+FINAL_IMAGE_STATUSES = (
+    ImageStatus.DONE,
+    ImageStatus.DUPLICATE,
+    ImageStatus.FAILED,
+    ImageStatus.SKIPPED,
+)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class JobBase(SQLModel):
+    name: str = Field(default="", max_length=200)
+    source: str = Field(default="", max_length=300, description="file name or 'pasted text'")
+
+
+class Job(JobBase, table=True):
+    id: str = Field(default_factory=new_job_id, primary_key=True, max_length=32)
+    status: str = Field(default=JobStatus.QUEUED, max_length=12, index=True)
+    created_at: float = Field(default_factory=time.time, index=True)
+    started_at: float | None = None
+    finished_at: float | None = None
+    products: int = 0
+    images: int = 0
+    rejected_rows: int = 0
+    duplicates_removed: int = 0
+    created_by: str = Field(default="", max_length=64, description="session or CLI identity")
+    input_sha256: str = Field(
+        default="", max_length=64, index=True, description="fingerprint of the queued rows"
+    )
+
+
+class JobPublic(JobBase):
+    id: str
+    status: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    products: int
+    images: int
+    rejected_rows: int
+    duplicates_removed: int
+
+
+class Product(SQLModel, table=True):
+    __table_args__ = (
+        UniqueConstraint("job_id", "number", name="uq_product_job_number"),
+        Index("ix_product_job_position", "job_id", "position"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="job.id", max_length=32)
+    number: str = Field(max_length=64)
+    position: int = Field(description="order of first appearance in the input")
+    image_count: int = 0
+
+
+class Image(SQLModel, table=True):
+    __table_args__ = (
+        # counts by state (job page, CLI status) and claiming queued work
+        Index("ix_image_job_status", "job_id", "status"),
+        # per-product progress by aggregate SQL
+        Index("ix_image_job_product_status", "job_id", "product_id", "status"),
+        # ZIP and gallery order, duplicate detection within a product
+        Index("ix_image_product_position", "product_id", "position"),
+        # reclaiming expired leases
+        Index("ix_image_status_lease", "status", "lease_expires"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="job.id", max_length=32)
+    product_id: int = Field(foreign_key="product.id")
+    position: int = Field(description="1-based order within its product after URL de-dup")
+    url: str = Field(max_length=2048)
+    host: str = Field(default="", max_length=300)
+    source_row: int = 0
+    status: str = Field(default=ImageStatus.QUEUED, max_length=12)
+    attempts: int = 0
+    error_code: str | None = Field(default=None, max_length=40)
+    error: str | None = Field(default=None, max_length=500)
+    http_status: int | None = None
+    sha256: str | None = Field(default=None, max_length=64)
+    size_bytes: int | None = None
+    format: str | None = Field(default=None, max_length=8)
+    width: int | None = None
+    height: int | None = None
+    storage_key: str | None = Field(default=None, max_length=300)
+    duplicate_of_id: int | None = None
+    lease_owner: str | None = Field(default=None, max_length=120)
+    lease_expires: float | None = None
+    updated_at: float = Field(default_factory=time.time)
+
+
+class RejectedRow(SQLModel, table=True):
+    """An input row that was not queued: invalid, or a duplicate URL within its product."""
+
+    __tablename__ = "rejected_row"
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="job.id", max_length=32, index=True)
+    kind: str = Field(default="rejected", max_length=12, description="rejected | duplicate")
+    row: int
+    reason: str = Field(max_length=300)
+    product: str = Field(default="", max_length=200)
+    url: str = Field(default="", max_length=200)
+
+
+class Worker(SQLModel, table=True):
+    """A live engine process; heartbeat_at is renewed while it runs."""
+
+    id: str = Field(primary_key=True, max_length=120)
+    hostname: str = Field(max_length=200)
+    pid: int
+    kind: str = Field(default="worker", max_length=20, description="embedded | worker | run")
+    started_at: float = Field(default_factory=time.time)
+    heartbeat_at: float = Field(default_factory=time.time)
+    in_flight: int = 0
+    done_total: int = 0

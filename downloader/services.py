@@ -1,0 +1,67 @@
+"""Wiring: build the settings, database and storage once per process, and run an engine
+in a background thread for the app."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import anyio
+
+from downloader.db import Database, open_database
+from downloader.engine import Engine
+from downloader.settings import Settings, get_settings
+from downloader.storage import Storage, make_storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    storage: Storage
+
+
+def build_services(settings: Settings | None = None) -> Services:
+    settings = settings or get_settings()
+    db = open_database(settings.database_url)
+    storage = make_storage(settings)
+    return Services(settings=settings, db=db, storage=storage)
+
+
+def run_engine_until_stopped(engine: Engine, *, until_idle: bool = False) -> None:
+    """Run an engine on a fresh event loop in the calling thread (uvloop when present)."""
+    anyio.run(
+        lambda: engine.run(until_idle=until_idle),
+        backend="asyncio",
+        backend_options={"use_uvloop": True},
+    )
+
+
+class EngineThread:
+    """The app's embedded engine: one per server process, started by the lifespan."""
+
+    def __init__(self, services: Services, *, kind: str = "embedded") -> None:
+        self.engine = Engine(services.db, services.storage, services.settings, kind=kind)
+        self._thread = threading.Thread(target=self._main, name="engine", daemon=True)
+        self.error: BaseException | None = None
+
+    def _main(self) -> None:
+        try:
+            run_engine_until_stopped(self.engine)
+        except BaseException as exc:  # reported by the system check, never silent
+            self.error = exc
+            log.exception("embedded engine stopped with an error")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float = 20) -> None:
+        self.engine.stop()
+        self._thread.join(timeout)

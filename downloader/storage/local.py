@@ -1,0 +1,151 @@
+"""Media files on a local (or mounted) filesystem under MEDIA_ROOT."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from downloader.storage.base import (
+    DEFAULT_CHUNK_SIZE,
+    StorageError,
+    check_key,
+    check_prefix,
+    clean_temp_dir,
+    iter_stream,
+)
+
+TEMP_DIR_NAME = ".tmp"
+
+
+class LocalStorage:
+    """Objects are files `<root>/<key>`; `.part` files live in `<root>/.tmp` (same filesystem,
+    so publishing is one atomic `os.replace`)."""
+
+    name = "local"
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).absolute()
+
+    def __repr__(self) -> str:
+        return f"LocalStorage({str(self.root)!r})"
+
+    # -- paths -------------------------------------------------------------------------------
+
+    def path(self, key: str) -> Path:
+        """The file that holds `key` (the key is validated)."""
+        return self.root / check_key(key)
+
+    def temp_dir(self) -> Path:
+        directory = self.root / TEMP_DIR_NAME
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def put(self, temp_path: Path, key: str, content_type: str | None = None) -> None:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(temp_path, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            # temp_path is on another filesystem: copy next to the target first, then rename.
+            self._copy_then_replace(Path(temp_path), target)
+
+    def _copy_then_replace(self, source: Path, target: Path) -> None:
+        fd, staging = tempfile.mkstemp(
+            prefix=f"{os.getpid()}-", suffix=".part", dir=self.temp_dir()
+        )
+        try:
+            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+                shutil.copyfileobj(src, out, DEFAULT_CHUNK_SIZE)
+            os.replace(staging, target)
+        except BaseException:
+            Path(staging).unlink(missing_ok=True)
+            raise
+        source.unlink(missing_ok=True)
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object whose key starts with `prefix`; return how many files went."""
+        check_prefix(prefix)
+        if prefix.endswith("/"):
+            candidates = [self.root / prefix.rstrip("/")]
+        else:
+            parent = (self.root / prefix).parent
+            stem = prefix.rsplit("/", 1)[-1]
+            candidates = sorted(parent.glob(f"{glob_escape(stem)}*")) if parent.is_dir() else []
+        removed = 0
+        for candidate in candidates:
+            if candidate.is_symlink() or candidate.is_file():
+                candidate.unlink(missing_ok=True)
+                removed += 1
+            elif candidate.is_dir():
+                removed += sum(len(files) for _, _, files in os.walk(candidate))
+                shutil.rmtree(candidate, ignore_errors=True)
+        return removed
+
+    def clean_temp(self, live_pids: set[int] | None = None) -> int:
+        return clean_temp_dir(self.root / TEMP_DIR_NAME, live_pids)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def open(self, key: str) -> BinaryIO:
+        return open(self.path(key), "rb")
+
+    def iter_bytes(self, key: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
+        # Opened now, so a missing key raises FileNotFoundError here, not on the first next().
+        return iter_stream(open(self.path(key), "rb"), chunk_size)
+
+    def read_bytes(self, key: str) -> bytes:
+        return self.path(key).read_bytes()
+
+    def size(self, key: str) -> int:
+        return self.path(key).stat().st_size
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    # -- health ------------------------------------------------------------------------------
+
+    def check(self) -> str:
+        """Create the root, publish and read back a probe file; describe the store."""
+        probe_target = self.root / f".check-{os.getpid()}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            temp = self.temp_dir()
+            fd, probe = tempfile.mkstemp(prefix=f"{os.getpid()}-", suffix=".part", dir=temp)
+            with os.fdopen(fd, "wb") as out:
+                out.write(b"probe")
+            os.replace(probe, probe_target)
+            if probe_target.read_bytes() != b"probe":
+                raise StorageError(f"MEDIA_ROOT {self.root} returned different bytes than written")
+            probe_target.unlink()
+            free = shutil.disk_usage(self.root).free
+        except StorageError:
+            raise
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                probe_target.unlink(missing_ok=True)
+            raise StorageError(
+                f"MEDIA_ROOT {self.root} is not writable: {exc.strerror or exc}"
+            ) from exc
+        return f"local directory {self.root} ({free / 1e9:.1f} GB free)"
+
+    def presigned_url(self, key: str, filename: str, expires: int = 300) -> str | None:
+        check_key(key)
+        return None
+
+
+def glob_escape(text: str) -> str:
+    """Escape glob metacharacters (keys cannot hold them, but be exact anyway)."""
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in text)

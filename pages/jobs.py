@@ -1,0 +1,100 @@
+"""Jobs: the recent jobs with status, progress, counts and age; each opens its detail page."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import streamlit as st
+
+from downloader import jobs
+from pages import _common as common
+
+REFRESH_SECONDS = 5.0
+LIMIT = 200
+
+services = common.services()
+
+st.title("Jobs")
+left, right = st.columns([2, 3])
+statuses = left.multiselect(
+    "Status",
+    list(common.STATUS_BADGES),
+    format_func=common.status_label,
+    key="jobs_status",
+    placeholder="All statuses",
+)
+text = right.text_input("Search", key="jobs_text", placeholder="Name, file name or job id")
+
+
+def _table(items: list[jobs.JobListItem]) -> pd.DataFrame:
+    now = time.time()
+    return pd.DataFrame(
+        [
+            {
+                "open": common.job_url(item.job.id),
+                "name": item.job.name or item.job.id,
+                "status": common.status_label(item.job.status),
+                "progress": (item.counts.finished / item.counts.total) if item.counts.total else 1.0,
+                "products": item.job.products,
+                "images": item.counts.total,
+                "done": item.counts.done,
+                "duplicate": item.counts.duplicate,
+                "failed": item.counts.failed,
+                "pending": item.counts.pending,
+                "age": common.age(item.job.created_at, now),
+                "id": item.job.id,
+            }
+            for item in items
+        ]
+    )
+
+
+def job_list() -> None:
+    items = jobs.list_jobs(services.db, statuses=statuses or None, text=text.strip() or None, limit=LIMIT)
+    if not items:
+        st.info("No jobs match." if statuses or text else "No jobs yet.")
+        st.page_link(common.NEW_JOB_PAGE, label="Create a job", icon=":material/add:")
+        return
+    frame = _table(items)
+    event = st.dataframe(
+        frame,
+        hide_index=True,
+        width="stretch",
+        on_select="rerun",
+        selection_mode="single-row",
+        key="jobs_table",
+        column_order=[
+            "open", "name", "status", "progress", "products", "images", "done",
+            "duplicate", "failed", "pending", "age",
+        ],
+        column_config={
+            "open": st.column_config.LinkColumn("Job", display_text=r"id=(.*)$", width="small"),
+            "name": st.column_config.TextColumn("Name", width="medium"),
+            "status": "Status",
+            "progress": st.column_config.ProgressColumn(
+                "Progress", min_value=0.0, max_value=1.0, format="percent"
+            ),
+            "products": st.column_config.NumberColumn("Products"),
+            "images": st.column_config.NumberColumn("Images"),
+            "done": st.column_config.NumberColumn("Done"),
+            "duplicate": st.column_config.NumberColumn("Duplicates"),
+            "failed": st.column_config.NumberColumn("Failed"),
+            "pending": st.column_config.NumberColumn("Pending"),
+            "age": "Created",
+        },
+    )
+    selected = event.selection.rows if event is not None else []
+    if selected:
+        common.open_job(str(frame.iloc[selected[0]]["id"]))
+    st.caption(
+        f"{len(items):,} job(s) shown" + (f" (the newest {LIMIT})" if len(items) == LIMIT else "")
+        + ". Select a row, or follow its id, to open the job."
+    )
+
+
+active = any(
+    item.job.status in ("queued", "running")
+    for item in jobs.list_jobs(services.db, statuses=["queued", "running"], limit=1)
+)
+st.fragment(run_every=REFRESH_SECONDS if active else None)(job_list)()

@@ -1,0 +1,308 @@
+"""New job (the landing page): paste into the grid, upload a file or paste text; preview; queue."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pandas as pd
+import streamlit as st
+
+from downloader import jobs
+from downloader.inputs import InputError, ParsedInput, parse_bytes, parse_text, sample_csv, sheet_names
+from downloader.ui_queries import GridParse, clean_grid_rows, grid_fingerprint, parse_grid
+from pages import _common as common
+from pages import _grid
+
+GRID = "Paste into the grid"
+FILE = "Upload a file"
+TEXT = "Paste as text"
+SOURCES = [GRID, FILE, TEXT]
+
+services = common.services()
+settings = services.settings
+state = st.session_state
+
+state.setdefault("grid_epoch", 0)
+state.setdefault("grid_rows", [])
+if "app_runs" not in state:  # app.py counts full runs; count here when run on its own
+    state["page_runs"] = state.get("page_runs", 0) + 1
+runs = int(state.get("app_runs") or state.get("page_runs") or 0)
+
+
+def _clear_grid() -> None:
+    state["grid_epoch"] += 1
+    state["grid_rows"] = []
+    state.pop("grid_parse", None)
+
+
+def _use_file_uploader() -> None:
+    state["source"] = FILE
+
+
+# ---------------------------------------------------------------- sources
+
+
+def grid_source() -> tuple[ParsedInput | None, str, dict[int, int] | None]:
+    """The paste grid. Returns (parsed, source description, parser row -> grid row)."""
+    # The grid was not on screen in the previous run (other page or source): the browser
+    # mounts a new one, which starts from the rows we kept.
+    if state.get("grid_last_run") != runs - 1:
+        state["grid_epoch"] += 1
+    state["grid_last_run"] = runs
+    key = f"paste-grid-{state['grid_epoch']}"
+    if state.get("grid_seed_key") != key:
+        state["grid_seed_key"] = key
+        state["grid_seed"] = _grid.seed_frame(state["grid_rows"])
+
+    # Read the grid's last report before drawing it, so the highlight matches this parse.
+    report = state.get(key)
+    if isinstance(report, dict) and (key, report.get("version")) != state.get("grid_seen"):
+        state["grid_seen"] = (key, report.get("version"))
+        state["grid_rows"] = clean_grid_rows(report.get("rows"))
+        state["grid_pasted"] = int(report.get("pasted") or 0)
+    rows = state["grid_rows"]
+    fingerprint = grid_fingerprint(rows)
+    cached = state.get("grid_parse")
+    if cached and cached[0] == fingerprint:
+        result: GridParse = cached[1]
+    else:
+        result = parse_grid(rows, max_rows=settings.max_rows_per_job)
+        state["grid_parse"] = (fingerprint, result)
+
+    st.caption(
+        "Copy the **Product Number** and **Image URL** columns in Excel or Google Sheets "
+        "(with or without the header row), click a cell below and press Ctrl+V / ⌘V. "
+        "Cells stay editable; ✕ deletes a row; a new row appears as you fill the last one."
+    )
+    _grid.paste_grid(key, state["grid_seed"], result.invalid if result.parsed else None)
+    left, right = st.columns([3, 1], vertical_alignment="center")
+    left.caption(f"{len(rows):,} filled row(s) in the grid.")
+    right.button(
+        "Clear the grid",
+        icon=":material/delete_sweep:",
+        on_click=_clear_grid,
+        disabled=not rows,
+        width="stretch",
+    )
+    if len(rows) > _grid.GRID_COMFORT_ROWS:
+        st.warning(
+            f"This grid holds {len(rows):,} rows, more than it shows comfortably "
+            f"({_grid.GRID_COMFORT_ROWS:,}). Everything is kept and will be queued, but for "
+            "lists this long the file uploader is faster: save the sheet as CSV or XLSX.",
+            icon=":material/speed:",
+        )
+        st.button("Use the file uploader instead", on_click=_use_file_uploader)
+    if result.error:
+        st.error(result.error)
+    return result.parsed, "pasted into the grid", result.row_numbers
+
+
+def _column_mapping(parsed: ParsedInput, scope: str) -> None:
+    """Dropdowns to choose the product and URL columns (opened when detection is unsure)."""
+    columns = list(parsed.columns)
+    if len(columns) < 2:
+        return
+    url_options = columns if parsed.url_column in columns else [parsed.url_column or "", *columns]
+    with st.expander("Columns", expanded=parsed.ambiguous, icon=":material/view_column:"):
+        if parsed.ambiguous:
+            st.warning(
+                "The columns could not be told apart for sure. Check which column holds the "
+                "product number and which the image URL.",
+                icon=":material/help:",
+            )
+        left, right = st.columns(2)
+        left.selectbox(
+            "Product number column",
+            columns,
+            index=columns.index(parsed.product_column) if parsed.product_column in columns else 0,
+            key=f"map-{scope}-product",
+        )
+        right.selectbox(
+            "Image URL column",
+            url_options,
+            index=url_options.index(parsed.url_column) if parsed.url_column in url_options else 0,
+            key=f"map-{scope}-url",
+        )
+
+
+def _overrides(scope: str) -> dict[str, str | None]:
+    return {
+        "product_column": state.get(f"map-{scope}-product"),
+        "url_column": state.get(f"map-{scope}-url"),
+    }
+
+
+def _parse_cached(scope: str, parse: object) -> ParsedInput | None:
+    """Parse once per (input, choices); show an unusable input's reason."""
+    overrides = _overrides(scope)
+    cache_key = (scope, overrides["product_column"], overrides["url_column"])
+    cached = state.get("parse_cache")
+    if cached and cached[0] == cache_key:
+        outcome = cached[1]
+    else:
+        try:
+            outcome = parse(**overrides)  # type: ignore[operator]
+        except InputError as exc:
+            if overrides["product_column"] or overrides["url_column"]:
+                try:  # the chosen columns may not exist in a changed input
+                    outcome = parse(product_column=None, url_column=None)  # type: ignore[operator]
+                except InputError as again:
+                    outcome = str(again)
+            else:
+                outcome = str(exc)
+        state["parse_cache"] = (cache_key, outcome)
+    if isinstance(outcome, str):
+        st.error(outcome, icon=":material/error:")
+        return None
+    _column_mapping(outcome, scope)
+    return outcome
+
+
+def file_source() -> tuple[ParsedInput | None, str, None]:
+    upload = st.file_uploader(
+        "CSV, TSV or Excel file",
+        type=["csv", "tsv", "txt", "xlsx"],
+        key="upload",
+        max_upload_size=settings.max_upload_mb,
+        help="The first sheet row may be a header (Product Number, Image URL, SKU, Image Src, "
+        "…). Wide layouts (Image 1, Image 2, …) and a Shopify product export work as they are.",
+    )
+    if upload is None:
+        return None, "", None
+    data = upload.getvalue()
+    sheets = sheet_names(data) if upload.name.lower().endswith(".xlsx") else []
+    sheet = st.selectbox("Sheet", sheets, key=f"sheet-{upload.file_id}") if len(sheets) > 1 else None
+    scope = f"file-{upload.file_id}-{sheet or ''}"
+
+    def parse(product_column: str | None, url_column: str | None) -> ParsedInput:
+        return parse_bytes(
+            data,
+            upload.name,
+            sheet=sheet,
+            product_column=product_column,
+            url_column=url_column,
+            max_rows=settings.max_rows_per_job,
+        )
+
+    return _parse_cached(scope, parse), upload.name, None
+
+
+def text_source() -> tuple[ParsedInput | None, str, None]:
+    text = st.text_area(
+        "Rows copied from a sheet (tab separated) or CSV text",
+        key="paste_text",
+        height=240,
+        placeholder="Product Number\tImage URL\nABC-100\thttps://…/front.jpg",
+        help="Works for any size; the same parser as the file uploader.",
+    )
+    if not text.strip():
+        return None, "", None
+    scope = "text-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def parse(product_column: str | None, url_column: str | None) -> ParsedInput:
+        return parse_text(
+            text,
+            product_column=product_column,
+            url_column=url_column,
+            max_rows=settings.max_rows_per_job,
+        )
+
+    return _parse_cached(scope, parse), "pasted text", None
+
+
+# ---------------------------------------------------------------- preview and queue
+
+
+def preview(parsed: ParsedInput, row_numbers: dict[int, int] | None) -> None:
+    row_label = "Grid row" if row_numbers is not None else "Row"
+
+    def shown_row(row: int) -> int:
+        return row_numbers.get(row, row) if row_numbers is not None else row
+
+    cols = st.columns(4)
+    cols[0].metric("Products", f"{parsed.products:,}")
+    cols[1].metric("Images", f"{parsed.images:,}")
+    cols[2].metric("Duplicates removed", f"{len(parsed.duplicates):,}")
+    cols[3].metric("Rejected rows", f"{len(parsed.rejected):,}")
+    if parsed.rejected:
+        st.warning(
+            f"{len(parsed.rejected):,} row(s) will be skipped; the other rows still run.",
+            icon=":material/warning:",
+        )
+        frame = pd.DataFrame(
+            [(shown_row(r.row), r.reason, r.product, r.url) for r in parsed.rejected[:5000]],
+            columns=[row_label, "Reason", "Product", "URL"],
+        )
+        st.dataframe(frame, hide_index=True, width="stretch", height=min(400, 38 + 35 * len(frame)))
+    if parsed.duplicates:
+        with st.expander(f"Duplicate URLs removed ({len(parsed.duplicates):,})"):
+            frame = pd.DataFrame(
+                [(shown_row(r.row), r.reason, r.product, r.url) for r in parsed.duplicates[:5000]],
+                columns=[row_label, "Reason", "Product", "URL"],
+            )
+            st.dataframe(frame, hide_index=True, width="stretch")
+
+
+def queue(parsed: ParsedInput, name: str, source: str) -> None:
+    who = common.session_id()
+    try:
+        jobs.check_rate_limit(services.db, who, settings.job_rate_limit_per_minute)
+    except jobs.RateLimited as exc:
+        st.error(str(exc), icon=":material/hourglass_top:")
+        return
+    job = jobs.create_job(services.db, parsed, name=name, source=source, created_by=who)
+    if state.get("source", GRID) == GRID:
+        _clear_grid()
+    common.open_job(job.id)
+
+
+# ---------------------------------------------------------------- page
+
+st.title("New job")
+st.write(
+    "Give it product numbers and image URLs; it downloads every image, checks it is really an "
+    "image, and packs one ZIP per product (or one for everything)."
+)
+
+source = st.segmented_control(
+    "Your rows", SOURCES, default=GRID, required=True, key="source", label_visibility="collapsed"
+)
+if source == FILE:
+    parsed, described, row_numbers = file_source()
+elif source == TEXT:
+    parsed, described, row_numbers = text_source()
+else:
+    parsed, described, row_numbers = grid_source()
+
+st.download_button(
+    "Download sample CSV",
+    data=sample_csv(),
+    file_name="sample.csv",
+    mime="text/csv",
+    icon=":material/download:",
+    on_click="ignore",
+    type="tertiary",
+)
+
+st.subheader("Preview")
+if parsed is None:
+    st.info("Nothing to queue yet: paste rows, upload a file or paste text above.")
+else:
+    preview(parsed, row_numbers)
+
+name = st.text_input(
+    "Job name (optional)",
+    key="job_name",
+    max_chars=200,
+    placeholder=f"{described or 'pasted rows'}, {pd.Timestamp.now():%Y-%m-%d %H:%M}",
+)
+can_queue = parsed is not None and parsed.images > 0
+if st.button(
+    "Analyze & Queue Downloads",
+    type="primary",
+    icon=":material/rocket_launch:",
+    disabled=not can_queue,
+    key="queue",
+):
+    assert parsed is not None
+    queue(parsed, name.strip() or f"{described or 'pasted rows'}", described)

@@ -1,0 +1,447 @@
+"""ZIP + manifest streaming from real files in both storage backends."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import tracemalloc
+import uuid
+import zipfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from downloader.archive import (
+    MANIFEST_COLUMNS,
+    MANIFEST_NAME,
+    MISSING_ERROR,
+    ManifestRow,
+    image_file_name,
+    stream_zip,
+    zip_size,
+)
+from downloader.settings import load_settings
+from downloader.storage import LocalStorage, Storage, image_key, make_storage
+from tests.support.s3server import s3_bucket, s3_client, s3_overrides, s3_server  # noqa: F401
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    if request.param == "local":
+        return make_storage(load_settings(media_root=str(tmp_path / "media")))
+    return make_storage(load_settings(**request.getfixturevalue("s3_overrides")))
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> LocalStorage:
+    return LocalStorage(tmp_path / "media")
+
+
+def publish(storage: Storage, key: str, data: bytes) -> None:
+    temp = storage.temp_dir() / f"{os.getpid()}-{uuid.uuid4().hex}.part"
+    temp.write_bytes(data)
+    storage.put(temp, key)
+
+
+def done_row(
+    storage: Storage, product: str, position: int, data: bytes, ext: str = "jpg", **extra: Any
+) -> ManifestRow:
+    """Store `data` as a finished image and return its manifest row."""
+    key = image_key("job1", abs(hash(product)) % 10_000, position, ext)
+    publish(storage, key, data)
+    fields: dict[str, Any] = {
+        "product": product,
+        "position": position,
+        "source_url": f"https://img.example.com/{product}/{position}.{ext}",
+        "status": "done",
+        "file": image_file_name(product, position, ext),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+        "format": ext,
+        "width": 640,
+        "height": 480,
+        "http_status": 200,
+        "attempts": 1,
+        "key": key,
+    }
+    fields.update(extra)
+    return ManifestRow(**fields)
+
+
+def sample_rows(storage: Storage) -> list[ManifestRow]:
+    """Two products with files, a duplicate, failures, a skipped image, and one failed-only."""
+    sku1_1 = done_row(storage, "SKU-1", 1, os.urandom(70_000))
+    return [
+        sku1_1,
+        done_row(storage, "SKU-1", 2, os.urandom(1500), "png"),
+        ManifestRow("SKU-1", 3, "https://img.example.com/dup.jpg", "duplicate", None,
+                    sku1_1.sha256, sku1_1.bytes, "jpg", 640, 480, 200, 1, None, sku1_1.file),
+        done_row(storage, "SKU-1", 4, b"", "gif"),
+        ManifestRow("SKU-1", 5, "https://img.example.com/404.jpg", "failed", None, None, None,
+                    None, None, None, 404, 1, "The server answered 404 Not Found (http_404)",
+                    None),
+        done_row(storage, "SKU_2", 1, os.urandom(300_000), "webp"),
+        ManifestRow("SKU_2", 2, "https://img.example.com/slow.jpg", "skipped", None, None, None,
+                    None, None, None, None, 0, None, None),
+        ManifestRow("P3", 1, "https://img.example.com/x", "failed", None, None, None, None, None,
+                    None, None, 4, "Timed out after 120 s (timeout)", None),
+    ]
+
+
+def build(storage: Storage, rows: Iterable[ManifestRow], **kwargs: Any) -> bytes:
+    return b"".join(stream_zip(storage, rows, **kwargs))
+
+
+def read_manifest(archive: zipfile.ZipFile) -> list[dict[str, str]]:
+    text = archive.read(MANIFEST_NAME).decode("utf-8")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader)
+    assert header == MANIFEST_COLUMNS
+    return [dict(zip(header, line, strict=True)) for line in reader]
+
+
+def check_entries_match_manifest(archive: zipfile.ZipFile, folder_per_product: bool) -> None:
+    assert archive.testzip() is None
+    for info in archive.infolist():
+        assert info.compress_type == zipfile.ZIP_STORED, info.filename
+    manifest = read_manifest(archive)
+    names = {info.filename for info in archive.infolist()} - {MANIFEST_NAME}
+    expected = set()
+    for line in manifest:
+        if line["status"] == "done":
+            name = f"{line['product']}/{line['file']}" if folder_per_product else line["file"]
+            expected.add(name)
+            data = archive.read(name)
+            assert hashlib.sha256(data).hexdigest() == line["sha256"]
+            assert len(data) == int(line["bytes"])
+    assert names == expected
+
+
+# -- archives from both backends ------------------------------------------------------------
+
+
+def test_product_zip(storage: Storage) -> None:
+    rows = [row for row in sample_rows(storage) if row.product == "SKU-1"]
+    data = build(storage, iter(rows), folder_per_product=False)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert archive.namelist() == ["SKU-1_1.jpg", "SKU-1_2.png", "SKU-1_4.gif", MANIFEST_NAME]
+        check_entries_match_manifest(archive, folder_per_product=False)
+        manifest = read_manifest(archive)
+    assert [(m["position"], m["status"]) for m in manifest] == [
+        ("1", "done"), ("2", "done"), ("3", "duplicate"), ("4", "done"), ("5", "failed"),
+    ]
+    duplicate, failed = manifest[2], manifest[4]
+    assert duplicate["file"] == "" and duplicate["duplicate_of"] == "SKU-1_1.jpg"
+    assert duplicate["sha256"] == manifest[0]["sha256"]
+    assert failed["file"] == "" and failed["http_status"] == "404"
+    assert failed["error"] == "The server answered 404 Not Found (http_404)"
+    assert manifest[0] == {
+        "product": "SKU-1", "position": "1", "source_url": "https://img.example.com/SKU-1/1.jpg",
+        "status": "done", "file": "SKU-1_1.jpg", "sha256": rows[0].sha256, "bytes": "70000",
+        "format": "jpg", "width": "640", "height": "480", "http_status": "200",
+        "attempts": "1", "error": "", "duplicate_of": "",
+    }
+    assert len(data) == zip_size(storage, rows, folder_per_product=False)
+
+
+def test_master_zip(storage: Storage) -> None:
+    rows = sample_rows(storage)
+    data = build(storage, (row for row in rows), folder_per_product=True)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert archive.namelist() == [
+            "SKU-1/SKU-1_1.jpg", "SKU-1/SKU-1_2.png", "SKU-1/SKU-1_4.gif",
+            "SKU_2/SKU_2_1.webp", MANIFEST_NAME,
+        ]
+        check_entries_match_manifest(archive, folder_per_product=True)
+        manifest = read_manifest(archive)
+    assert len(manifest) == len(rows)
+    assert [m["status"] for m in manifest].count("failed") == 2
+    assert [m for m in manifest if m["product"] == "P3"][0]["error"].endswith("(timeout)")
+    assert len(data) == zip_size(storage, rows, folder_per_product=True)
+
+
+def test_excel_unsafe_values_are_neutralised(storage: Storage) -> None:
+    row = done_row(storage, "SKU-9", 1, b"\xff\xd8\xff data", source_url="=HYPERLINK(\"x\")")
+    rows = [
+        row,
+        ManifestRow("SKU-9", 2, "+cmd|' /C calc'!A0", "failed", error="=1+1 (http_400)"),
+        ManifestRow("SKU-9", 3, "-2+3", "failed", error="@SUM(A1)"),
+        ManifestRow("SKU-9", 4, "\thttps://x", "failed", error="\r=bad"),
+    ]
+    data = build(storage, rows, folder_per_product=False)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        manifest = read_manifest(archive)
+        raw = archive.read(MANIFEST_NAME).decode()
+    assert [m["source_url"] for m in manifest] == [
+        "'=HYPERLINK(\"x\")", "'+cmd|' /C calc'!A0", "'-2+3", "'\thttps://x",
+    ]
+    assert [m["error"] for m in manifest] == ["", "'=1+1 (http_400)", "'@SUM(A1)", "'\r=bad"]
+    for line in csv.reader(io.StringIO(raw, newline="")):
+        for cell in line:
+            assert not cell or cell[0] not in "=+-@\t\r", cell
+
+
+def test_missing_stored_file_is_listed_not_zipped(storage: Storage) -> None:
+    rows = sample_rows(storage)
+    assert rows[1].key is not None
+    storage.delete(rows[1].key)
+    rows.append(ManifestRow("SKU_2", 9, "https://x/9.jpg", "done", "SKU_2_9.jpg", key=None))
+    data = build(storage, rows, folder_per_product=True)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert "SKU-1/SKU-1_2.png" not in archive.namelist()
+        assert "SKU_2/SKU_2_9.jpg" not in archive.namelist()
+        check_entries_match_manifest(archive, folder_per_product=True)
+        manifest = read_manifest(archive)
+    for line in (manifest[1], manifest[-1]):
+        assert line["status"] == "failed" and line["file"] == ""
+        assert line["error"] == MISSING_ERROR
+
+
+def test_prefetch_gives_the_same_archive(storage: Storage) -> None:
+    rows = sample_rows(storage) + [
+        done_row(storage, "SKU-5", n, os.urandom(5000 * n)) for n in range(1, 40)
+    ]
+    big = done_row(storage, "SKU-5", 40, os.urandom(5 * MIB))  # above the read-ahead limit
+    rows.append(big)
+    contents = []
+    for prefetch in (0, 3, 16):
+        data = build(storage, rows, folder_per_product=True, prefetch=prefetch)
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            check_entries_match_manifest(archive, folder_per_product=True)
+            contents.append({name: archive.read(name) for name in archive.namelist()})
+        assert len(data) == zip_size(storage, rows, folder_per_product=True)
+    assert contents[0] == contents[1] == contents[2]
+
+
+def test_sizes_missing_from_rows_are_asked_from_storage(storage: Storage) -> None:
+    rows = sample_rows(storage)
+    for row in rows:
+        row.bytes = None
+    data = build(storage, rows, folder_per_product=False)
+    assert len(data) == zip_size(storage, rows, folder_per_product=False)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert archive.testzip() is None
+
+
+# -- streaming behaviour (local) ------------------------------------------------------------
+
+
+class OneShot:
+    """An iterable of rows that may be iterated only once, counting what was pulled."""
+
+    def __init__(self, rows: list[ManifestRow]) -> None:
+        self._rows = rows
+        self.pulled = 0
+        self._used = False
+
+    def __iter__(self) -> Iterator[ManifestRow]:
+        assert not self._used, "rows were iterated twice"
+        self._used = True
+        for row in self._rows:
+            self.pulled += 1
+            yield row
+
+
+def test_rows_are_consumed_once_and_lazily(local: LocalStorage) -> None:
+    rows = [done_row(local, "SKU-1", n, os.urandom(200_000)) for n in range(1, 51)]
+    source = OneShot(rows)
+    chunks = stream_zip(local, source, folder_per_product=False)
+    first = next(chunks)
+    assert first.startswith(b"PK\x03\x04")
+    assert source.pulled <= 2, "rows must be pulled as the ZIP is written, not up front"
+    rest = b"".join(chunks)
+    assert source.pulled == 50
+    with zipfile.ZipFile(io.BytesIO(first + rest)) as archive:
+        check_entries_match_manifest(archive, folder_per_product=False)
+
+
+def test_empty_job_gives_a_zip_with_only_the_manifest(local: LocalStorage) -> None:
+    data = build(local, [], folder_per_product=True)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert archive.namelist() == [MANIFEST_NAME]
+        assert read_manifest(archive) == []
+    assert len(data) == zip_size(local, [], folder_per_product=True)
+
+
+def test_entry_names_are_sanitised(local: LocalStorage) -> None:
+    rows = [
+        done_row(local, "../up", 1, b"a", file="../../etc/passwd"),
+        done_row(local, "SKU 7", 1, b"b", file="SKU 7_1.jpg"),
+        done_row(local, "SKU-8", 1, b"c", file=None),
+    ]
+    data = build(local, rows, folder_per_product=True)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert archive.namelist() == [
+            "_up/passwd", "SKU_7/SKU_7_1.jpg", "SKU-8/SKU-8_1.jpg", MANIFEST_NAME,
+        ]
+        assert [m["file"] for m in read_manifest(archive)] == [
+            "passwd", "SKU_7_1.jpg", "SKU-8_1.jpg",
+        ]
+    assert len(data) == zip_size(local, rows, folder_per_product=True)
+
+
+def test_output_chunks_are_not_tiny(local: LocalStorage) -> None:
+    rows = [done_row(local, "SKU-1", n, os.urandom(300)) for n in range(1, 400)]
+    chunks = list(stream_zip(local, rows, folder_per_product=False))
+    assert all(len(chunk) >= 64 * 1024 for chunk in chunks[:-1])
+    assert len(chunks) < 10
+
+
+def test_memory_stays_flat(local: LocalStorage) -> None:
+    """200 x 1 MB files stream through with a peak far below their total size."""
+    block = os.urandom(MIB)
+    rows = []
+    for n in range(1, 201):
+        data = n.to_bytes(4, "big") + block[4:]
+        rows.append(done_row(local, f"P{n % 7}", n, data))
+    total = 0
+    digest = hashlib.sha256()
+    tracemalloc.start()
+    try:
+        for chunk in stream_zip(local, iter(rows), folder_per_product=True):
+            total += len(chunk)
+            digest.update(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert total > 200 * MIB
+    assert peak < 12 * MIB, f"peak {peak / MIB:.1f} MiB"
+
+
+def test_closing_early_releases_open_files(local: LocalStorage) -> None:
+    rows = [done_row(local, "SKU-1", n, os.urandom(3 * MIB)) for n in range(1, 5)]
+    before = len(os.listdir("/proc/self/fd"))
+    chunks = stream_zip(local, rows, folder_per_product=False, chunk_size=64 * 1024)
+    next(chunks)
+    next(chunks)
+    assert len(os.listdir("/proc/self/fd")) > before  # a stored file is open mid-entry
+    chunks.close()  # type: ignore[attr-defined]
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+# -- ZIP64 ------------------------------------------------------------------------------------
+
+
+def shared_file_rows(local: LocalStorage, count: int) -> Iterator[ManifestRow]:
+    """`count` rows that all point at one small stored file (names differ)."""
+    key = image_key("many", 1, 1, "png")
+    publish(local, key, b"\x89PNG tiny")
+    digest = hashlib.sha256(b"\x89PNG tiny").hexdigest()
+    for n in range(1, count + 1):
+        yield ManifestRow(f"P{n // 100}", n, f"https://x/{n}", "done", f"P{n // 100}_{n}.png",
+                          digest, 9, "png", 1, 1, 200, 1, None, None, key)
+
+
+@pytest.mark.slow
+def test_more_than_65535_entries_uses_zip64_records(local: LocalStorage) -> None:
+    count = 70_000
+    data = build(local, shared_file_rows(local, count), folder_per_product=True)
+    assert b"PK\x06\x06" in data[-200:]  # ZIP64 end of central directory record
+    assert b"PK\x06\x07" in data[-200:]  # ZIP64 end of central directory locator
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        infos = archive.infolist()
+        assert len(infos) == count + 1
+        assert archive.read(infos[-2].filename) == b"\x89PNG tiny"
+        assert len(read_manifest(archive)) == count
+    assert len(data) == zip_size(local, shared_file_rows(local, count), folder_per_product=True)
+
+
+@pytest.mark.slow
+def test_zip_size_at_exactly_65535_entries(local: LocalStorage) -> None:
+    rows = list(shared_file_rows(local, 65_534))  # + manifest.csv = 65,535 entries
+    data = build(local, rows, folder_per_product=False)
+    assert len(data) == zip_size(local, rows, folder_per_product=False)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert len(archive.infolist()) == 65_535
+
+
+class ZeroStorage:
+    """A stand-in store whose one object is `size` zero bytes, generated on the fly."""
+
+    name = "local"
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+
+    def iter_bytes(self, key: str, chunk_size: int = MIB) -> Iterator[bytes]:
+        zeros = bytes(chunk_size)
+        left = self._size
+        while left > 0:
+            yield zeros if left >= chunk_size else zeros[:left]
+            left -= chunk_size
+
+    def size(self, key: str) -> int:
+        return self._size
+
+
+class SparseFile(io.RawIOBase):
+    """Seekable view of a huge ZIP kept as head + tail bytes with zeros in between."""
+
+    def __init__(self, head: bytes, tail: bytes, length: int) -> None:
+        self._head, self._tail, self._length, self._pos = head, tail, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._length}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        count = max(0, min(len(view), self._length - self._pos))
+        start, end = self._pos, self._pos + count
+        tail_start = self._length - len(self._tail)
+        data = bytearray(count)
+        if start < len(self._head):
+            part = self._head[start : min(end, len(self._head))]
+            data[: len(part)] = part
+        if end > tail_start:
+            begin = max(start, tail_start)
+            data[begin - start :] = self._tail[begin - tail_start : end - tail_start]
+        view[:count] = data
+        self._pos = end
+        return count
+
+
+@pytest.mark.slow
+def test_entry_over_4_gib_is_zip64(tmp_path: Path) -> None:
+    size = 4 * 1024 * MIB + 12345
+    storage = cast(Storage, ZeroStorage(size))
+    rows = [
+        ManifestRow("BIG", 1, "https://x/big", "done", "BIG_1.png", None, size, "png",
+                    key="jobs/j/1/1.png"),
+        ManifestRow("BIG", 2, "https://x/small", "failed", error="Too large (too_large)"),
+    ]
+    head = bytearray()
+    tail = b""
+    length = 0
+    for chunk in stream_zip(storage, rows, folder_per_product=False):
+        if len(head) < 4096:
+            head += chunk[: 4096 - len(head)]
+        tail = (tail + chunk)[-MIB:] if len(chunk) < MIB else chunk[-MIB:]
+        length += len(chunk)
+    assert length == zip_size(storage, rows, folder_per_product=False)
+    with zipfile.ZipFile(io.BufferedReader(SparseFile(bytes(head), tail, length))) as archive:
+        big, manifest = archive.infolist()
+        assert big.filename == "BIG_1.png" and big.file_size == size
+        assert big.compress_type == zipfile.ZIP_STORED
+        assert manifest.header_offset > 0xFFFFFFFF
+        assert b"\x01\x00" in big.extra[:2]  # ZIP64 extended information field
+        with archive.open(big) as entry:
+            assert entry.read(1000) == bytes(1000)
+        lines = read_manifest(archive)
+    assert lines[0]["bytes"] == str(size) and lines[1]["status"] == "failed"
