@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -25,11 +26,26 @@ from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_r
 HERE = Path(__file__).resolve().parent
 
 
+@lru_cache(maxsize=1)
+def _favicon() -> Any:
+    """A small picture-frame icon drawn with Pillow (served by Streamlit itself)."""
+    from PIL import Image, ImageDraw
+
+    icon = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(icon)
+    draw.rounded_rectangle((2, 8, 62, 56), radius=8, fill=(255, 75, 75, 255))
+    draw.polygon([(10, 48), (26, 26), (38, 40), (44, 32), (54, 48)], fill=(255, 255, 255, 255))
+    draw.ellipse((42, 14, 52, 24), fill=(255, 255, 255, 255))
+    return icon
+
+
 def main() -> None:
     """The navigation script: one run per page view."""
     st.set_page_config(
         page_title="Batch Image Downloader",
-        page_icon=":material/photo_library:",
+        # A generated image: a material or emoji icon (ours or a page's) makes the browser
+        # fetch the favicon from a CDN.
+        page_icon=_favicon(),
         layout="wide",
     )
     st.session_state["app_runs"] = st.session_state.get("app_runs", 0) + 1
@@ -80,7 +96,7 @@ async def lifespan(_app: Any) -> AsyncIterator[dict[str, Any]]:
 def _attachment(filename: str) -> dict[str, str]:
     ascii_name = filename.encode("ascii", "replace").decode().replace('"', "_")
     return {
-        "Content-Disposition": f"attachment; filename=\"{ascii_name}\"; "
+        "Content-Disposition": f'attachment; filename="{ascii_name}"; '
         f"filename*=UTF-8''{quote(filename)}",
         "Cache-Control": "no-store",
         "X-Content-Type-Options": "nosniff",

@@ -273,9 +273,11 @@ def main() -> None:
     (work / "www").mkdir()
     make_images(work / "www", args.size_kb)
     sizes = [p.stat().st_size for p in (work / "www").iterdir()]
-    print(f"{len(sizes)} files, mean {sum(sizes) / len(sizes) / 1024:.0f} KB; "
-          f"{args.images} images x {args.concurrency} concurrent; "
-          f"{'asyncio' if args.no_uvloop else 'uvloop'}")
+    print(
+        f"{len(sizes)} files, mean {sum(sizes) / len(sizes) / 1024:.0f} KB; "
+        f"{args.images} images x {args.concurrency} concurrent; "
+        f"{'asyncio' if args.no_uvloop else 'uvloop'}"
+    )
     port = free_port()
     nginx = start_nginx(work, port)
     env = dict(os.environ, PYTHONPATH=str(root))
@@ -283,8 +285,17 @@ def main() -> None:
         results: dict[str, list[float]] = {}
         for _ in range(args.repeat):
             for mode in args.modes.split(","):
-                cmd = [sys.executable, __file__, "--child", mode, str(port),
-                       "--images", str(args.images), "--concurrency", str(args.concurrency)]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    mode,
+                    str(port),
+                    "--images",
+                    str(args.images),
+                    "--concurrency",
+                    str(args.concurrency),
+                ]
                 if args.no_uvloop:
                     cmd.append("--no-uvloop")
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -296,7 +307,9 @@ def main() -> None:
                 print(f"  {mode:14} {rate:7.0f} img/s", flush=True)
         print("best of", args.repeat)
         for mode, rates in results.items():
-            print(f"{mode:14} {max(rates):7.0f} img/s  (runs: {', '.join(f'{r:.0f}' for r in rates)})")
+            print(
+                f"{mode:14} {max(rates):7.0f} img/s  (runs: {', '.join(f'{r:.0f}' for r in rates)})"
+            )
     finally:
         nginx.send_signal(signal.SIGQUIT)
         try:

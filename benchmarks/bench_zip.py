@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from downloader.archive import ManifestRow, image_file_name, stream_zip, zip_size  # noqa: E402
-from downloader.storage import LocalStorage, S3Storage, Storage, image_key  # noqa: E402
+from downloader.archive import ManifestRow, image_file_name, stream_zip, zip_size
+from downloader.storage import LocalStorage, S3Storage, Storage, image_key
 
 WORK = Path(__file__).resolve().parent / "work"
 PRODUCTS = 100  # files are spread over this many products
@@ -83,20 +83,23 @@ def generate(storage: Storage, files: int, size: int, job: str) -> None:
     print(f"files ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
 
-def bench_stream_zip(storage: Storage, files: int, size: int, job: str, out: Path) -> dict:
+def bench_stream_zip(
+    storage: Storage, files: int, size: int, job: str, out: Path, prefetch: int | None
+) -> dict:
     rss_before = rss_mb()
     started = time.perf_counter()
     expected = zip_size(storage, make_rows(files, size, job), folder_per_product=True)
     sized_at = time.perf_counter()
     written = 0
     with open(out, "wb") as handle:
-        for chunk in stream_zip(storage, make_rows(files, size, job), folder_per_product=True):
+        rows = make_rows(files, size, job)
+        for chunk in stream_zip(storage, rows, folder_per_product=True, prefetch=prefetch):
             handle.write(chunk)
             written += len(chunk)
     seconds = time.perf_counter() - sized_at
     assert written == expected, (written, expected)
     return {
-        "tool": "stream_zip",
+        "tool": f"stream_zip (prefetch={prefetch if prefetch is not None else 'default'})",
         "zip_mb": round(written / 1e6, 1),
         "zip_size_seconds": round(sized_at - started, 2),
         "seconds": round(seconds, 2),
@@ -144,6 +147,7 @@ def main() -> None:
     parser.add_argument("--compare", action="store_true", help="also time stdlib zipfile")
     parser.add_argument("--verify", action="store_true", help="check the ZIP afterwards")
     parser.add_argument("--keep", action="store_true", help="keep the output ZIP")
+    parser.add_argument("--prefetch", type=int, default=None, help="files read ahead")
     args = parser.parse_args()
     size = args.size_kb * 1024
     job = f"bench-{args.files}x{args.size_kb}k"
@@ -152,26 +156,33 @@ def main() -> None:
 
     server = None
     if args.backend == "s3":
+        import logging
+
         import boto3
         from moto.server import ThreadedMotoServer
 
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
         os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
         boto3.client(
-            "s3", endpoint_url=endpoint, region_name="us-east-1",
-            aws_access_key_id="bench", aws_secret_access_key="bench",  # noqa: S106
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
         ).create_bucket(Bucket="bench")
-        storage: Storage = S3Storage("bench", endpoint_url=endpoint, access_key_id="bench",
-                                     secret_access_key="bench")  # noqa: S106
+        storage: Storage = S3Storage(
+            "bench", endpoint_url=endpoint, access_key_id="bench", secret_access_key="bench"
+        )
     else:
         storage = LocalStorage(WORK / "media")
 
     try:
         generate(storage, args.files, size, job)
-        results = [bench_stream_zip(storage, args.files, size, job, out)]
+        results = [bench_stream_zip(storage, args.files, size, job, out, args.prefetch)]
         if args.verify:
             verify(out, args.files)
         if args.compare and isinstance(storage, LocalStorage):
@@ -184,8 +195,13 @@ def main() -> None:
         if server is not None:
             server.stop()
             shutil.rmtree(storage.temp_dir(), ignore_errors=True)
-    summary = {"files": args.files, "size_kb": args.size_kb, "backend": args.backend,
-               "cpus": os.cpu_count(), "results": results}
+    summary = {
+        "files": args.files,
+        "size_kb": args.size_kb,
+        "backend": args.backend,
+        "cpus": os.cpu_count(),
+        "results": results,
+    }
     for result in results:
         print(
             f"{result['tool']}: {result['zip_mb']} MB in {result['seconds']} s ="

@@ -54,6 +54,8 @@ class RunRecord:
     peak_rss_mb: float
     cpu_seconds: float
     returncode: int
+    server_cpu_seconds: float = 0.0
+    other_load: float = 0.0
     files: int = 0
     bytes: int = 0
     ok: bool = True

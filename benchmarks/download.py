@@ -25,6 +25,8 @@ COLUMNS = [
     "MB/s",
     "peak RSS MB",
     "CPU s",
+    "nginx CPU s",
+    "other load",
     "check",
 ]
 
@@ -54,6 +56,7 @@ def run_round(
     section: str,
     concurrency: int,
     timeout: float,
+    server_pid: int | None = None,
     keep: bool = False,
 ) -> RunRecord:
     """One timed run of one tool into fresh folders, checked, then cleaned up (unless keep)."""
@@ -69,6 +72,7 @@ def run_round(
         stdout=dirs.stdout,
         stderr=dirs.stderr,
         timeout=timeout,
+        server_pid=server_pid,
     )
     verdict = runner.check(work, dirs, m)
     record = RunRecord(
@@ -78,6 +82,8 @@ def run_round(
         peak_rss_mb=m.peak_rss_mb,
         cpu_seconds=m.cpu_seconds,
         returncode=m.returncode,
+        server_cpu_seconds=m.server_cpu_seconds,
+        other_load=m.other_load,
         files=verdict.files,
         bytes=verdict.bytes,
         ok=not verdict.problems,
@@ -86,7 +92,10 @@ def run_round(
     )
     if record.ok:
         rate = work.images / m.seconds
-        verdict_text = f"{rate:9.0f} img/s {m.peak_rss_mb:8.1f} MB RSS  ok"
+        verdict_text = (
+            f"{rate:7.0f} img/s {m.peak_rss_mb:7.1f} MB RSS {m.cpu_seconds:6.1f} CPU s "
+            f"(nginx {m.server_cpu_seconds:.1f}, other load {m.other_load:.2f})  ok"
+        )
     else:
         verdict_text = "FAILED: " + "; ".join(record.problems)
     log(section, f"round {round_no} {runner.name:<11} {m.seconds:8.2f} s {verdict_text}")
@@ -108,6 +117,7 @@ def compare(
     rounds: int,
     concurrency: int,
     timeout: float,
+    server_pid: int | None = None,
 ) -> SectionResult:
     section = SectionResult(name, columns=COLUMNS)
     section.info = {
@@ -144,6 +154,7 @@ def compare(
                     section=name,
                     concurrency=concurrency,
                     timeout=timeout,
+                    server_pid=server_pid,
                 )
             )
     _summarize(section, work, [runner.name for runner in available])
@@ -169,6 +180,8 @@ def _summarize(section: SectionResult, work: UrlList, tools: list[str]) -> None:
                 fmt(work.total_bytes / MB / seconds if seconds else None, 0),
                 fmt(peak, 1),
                 fmt(median([run.cpu_seconds for run in good]), 1),
+                fmt(median([run.server_cpu_seconds for run in good]), 1),
+                fmt(median([run.other_load for run in good]), 2),
                 problems_cell(runs),
             ]
         )
@@ -185,7 +198,10 @@ def _summarize(section: SectionResult, work: UrlList, tools: list[str]) -> None:
         section.notes.append("ours had no successful round: no ratios")
     section.notes.append(
         "median and min over successful rounds; peak RSS = the highest, over those rounds, of "
-        "the summed RSS of the whole process tree (polled every 50 ms); CPU s = user+system."
+        "the summed RSS of the whole process tree (polled every 50 ms); CPU s = user+system "
+        "of the tool; nginx CPU s = the server's; other load = cores busy with anything else "
+        "during the run (noise from other work on the machine: compare rounds with care when "
+        "it is high)."
     )
     if any(not run.ok for run in section.runs):
         section.status = "failed"

@@ -21,8 +21,10 @@ from benchmarks.runners import last_json_line
 HOOK_COLUMNS = ["script", "exit", "seconds", "peak RSS MB", "last output line"]
 
 
-def run_sibling(section: str, module: str, timeout: float) -> RunRecord | None:
-    """Run `python -m benchmarks.<module>` measured; None when the file does not exist."""
+def run_sibling(
+    section: str, module: str, timeout: float, args: list[str] | None = None
+) -> RunRecord | None:
+    """Run `python -m benchmarks.<module> [args]` measured; None when the file does not exist."""
     if not (BENCH_DIR / f"{module}.py").exists():
         return None
     logs = WORK_DIR / "runs" / section / "logs"
@@ -30,7 +32,7 @@ def run_sibling(section: str, module: str, timeout: float) -> RunRecord | None:
     stdout, stderr = logs / f"{module}.stdout", logs / f"{module}.stderr"
     log(section, f"running benchmarks/{module}.py ...")
     m = run_measured(
-        [PYTHON, "-m", f"benchmarks.{module}"],
+        [PYTHON, "-m", f"benchmarks.{module}", *(args or [])],
         env=child_env(),
         cwd=REPO_ROOT,
         stdout=stdout,
@@ -42,7 +44,7 @@ def run_sibling(section: str, module: str, timeout: float) -> RunRecord | None:
         problems.append(f"exit code {m.returncode}")
     output = tail(stdout, 20)
     record = RunRecord(
-        tool=f"{module}.py",
+        tool=" ".join([f"{module}.py", *(args or [])]),
         round=1,
         seconds=m.seconds,
         peak_rss_mb=m.peak_rss_mb,

@@ -35,20 +35,58 @@ class Measurement:
     returncode: int
     timed_out: bool
     samples: int
+    server_cpu_seconds: float  # nginx's CPU while serving this run (0 without a server)
+    other_load: float  # average cores busy with anything else: the machine's noise
 
     @property
     def peak_rss_mb(self) -> float:
         return self.peak_rss_bytes / MB
 
 
-class TreeRssPoller:
-    """Samples the summed RSS of `pid` and all its descendants in a background thread."""
+def tree(pid: int) -> list[psutil.Process]:
+    """A process and all its descendants (empty when it is gone)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return []
 
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User+system CPU seconds used so far by a live process tree (e.g. nginx and its workers)."""
+    total = 0.0
+    for proc in tree(pid):
+        try:
+            times = proc.cpu_times()
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            continue
+        total += times.user + times.system
+    return total
+
+
+def system_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (everything but idle and iowait)."""
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
+class TreeRssPoller:
+    """Samples the summed RSS of `pid` and all its descendants in a background thread.
+
+    Finding descendants means reading every process's /proc entry, so the tree is re-listed
+    only every `rescan` seconds (every sample during the first second, when a program starts
+    its workers); the known members' RSS is read every `interval` seconds.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.05, rescan: float = 0.5) -> None:
         self.pid = pid
         self.interval = interval
+        self.rescan = rescan
         self.peak = 0
         self.samples = 0
+        self._members: list[psutil.Process] = []
+        self._listed_at = 0.0
+        self._started = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"rss-{pid}", daemon=True)
 
@@ -61,19 +99,22 @@ class TreeRssPoller:
         self._thread.join()
 
     def sample(self) -> None:
-        try:
-            root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
-            return
+        now = time.monotonic()
+        if now - self._listed_at >= self.rescan or now - self._started < 1.0:
+            self._members = tree(self.pid)
+            self._listed_at = now
         total = 0
-        for proc in procs:
+        alive = []
+        for proc in self._members:
             try:
                 total += proc.memory_info().rss
             except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
                 continue
-        self.peak = max(self.peak, total)
-        self.samples += 1
+            alive.append(proc)
+        self._members = alive
+        if alive:
+            self.peak = max(self.peak, total)
+            self.samples += 1
 
     def _loop(self) -> None:
         self.sample()
@@ -94,12 +135,18 @@ def run_measured(
     stdout: Path,
     stderr: Path,
     timeout: float,
+    server_pid: int | None = None,
 ) -> Measurement:
     """Run argv to the end (killing its process group after `timeout` s) and measure it.
 
     CPU seconds are user+system time of the reaped process tree (RUSAGE_CHILDREN delta).
+    `other_load` is the machine's busy CPU time during the run less the tool's, the server's
+    and this harness's own, per second of wall time: near 0 on a quiet machine.
     """
     cpu_before = _children_cpu()
+    server_before = tree_cpu_seconds(server_pid) if server_pid else 0.0
+    busy_before = system_busy_seconds()
+    own_before = time.process_time()
     with stdout.open("wb") as out, stderr.open("wb") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(
@@ -120,11 +167,17 @@ def run_measured(
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         seconds = time.perf_counter() - started
+    cpu = _children_cpu() - cpu_before
+    server_cpu = tree_cpu_seconds(server_pid) - server_before if server_pid else 0.0
+    busy = system_busy_seconds() - busy_before
+    own = time.process_time() - own_before
     return Measurement(
         seconds=seconds,
         peak_rss_bytes=poller.peak,
-        cpu_seconds=_children_cpu() - cpu_before,
+        cpu_seconds=cpu,
         returncode=proc.returncode,
         timed_out=timed_out,
         samples=poller.samples,
+        server_cpu_seconds=server_cpu,
+        other_load=max(0.0, (busy - cpu - server_cpu - own) / seconds) if seconds else 0.0,
     )

@@ -175,12 +175,16 @@ def run_sections(args: argparse.Namespace) -> list[SectionResult]:
     runners = build_runners(args)
     report_missing_programs(args, runners)
     results: list[SectionResult] = []
-    common = {"concurrency": args.concurrency, "timeout": args.timeout}
     with corpus_server(args) as server:
-        served = {name for name in args.sections if name in SERVED}
-        if served and server is None:
-            for name in sorted(served):
-                results.append(SectionResult(name).skip("nginx could not serve the corpus"))
+        common = {
+            "concurrency": args.concurrency,
+            "timeout": args.timeout,
+            "server_pid": server.pid if server else None,
+        }
+        if server is None:
+            for name in ("download", "memory"):
+                if name in args.sections:
+                    results.append(SectionResult(name).skip("nginx could not serve the corpus"))
         if server is not None and "download" in args.sections:
             work = corpus.download_list(corpus.ensure_images(args.images), server.port)
             results.append(
@@ -191,8 +195,10 @@ def run_sections(args: argparse.Namespace) -> list[SectionResult]:
             results.append(
                 download.compare("memory", work, runners, rounds=args.memory_rounds, **common)
             )
-        if server is not None and "zip" in args.sections:
-            work = corpus.download_list(corpus.ensure_images(args.images), server.port)
+        if "zip" in args.sections:  # bench_zip.py runs without a server; the master ZIP does not
+            work = None
+            if server is not None:
+                work = corpus.download_list(corpus.ensure_images(args.images), server.port)
             results.append(
                 zipbench.run(work, env_overrides=args.ours_env, zip_route=args.zip_route, **common)
             )

@@ -76,12 +76,24 @@ def check_zip(path: Path, images: int) -> list[str]:
 
 
 def make_job(
-    work: UrlList, *, concurrency: int, timeout: float, env_overrides: dict[str, str]
+    work: UrlList,
+    *,
+    concurrency: int,
+    timeout: float,
+    env_overrides: dict[str, str],
+    server_pid: int | None,
 ) -> FinishedJob:
     """Run our downloader once on `work` and keep its database and files for the ZIP runs."""
     runner = OursRunner(env_overrides)
     record = run_round(
-        runner, work, 1, section="zip", concurrency=concurrency, timeout=timeout, keep=True
+        runner,
+        work,
+        1,
+        section="zip",
+        concurrency=concurrency,
+        timeout=timeout,
+        server_pid=server_pid,
+        keep=True,
     )
     dirs = round_dirs("zip", runner.name, 1)
     summary = record.extra.get("summary") or {}
@@ -241,6 +253,26 @@ def _row(record: RunRecord) -> list[str]:
     ]
 
 
+def _script_rows(record: RunRecord) -> list[list[str]]:
+    """bench_zip.py's own figures (its last stdout line is JSON with a "results" list)."""
+    results = (record.extra.get("json") or {}).get("results")
+    if not record.ok or not isinstance(results, list):
+        return [_row(record)]
+    return [
+        [
+            f"bench_zip.py: {result.get('tool', '?')}",
+            "yes",
+            fmt(result.get("seconds"), 2),
+            fmt(result.get("mb_per_s"), 0),
+            fmt(result.get("peak_rss_mb"), 1),
+            fmt(result.get("zip_mb"), 0),
+            "ok",
+        ]
+        for result in results
+        if isinstance(result, dict)
+    ]
+
+
 def run(
     work: UrlList | None,
     *,
@@ -248,18 +280,26 @@ def run(
     timeout: float,
     env_overrides: dict[str, str],
     zip_route: str,
+    server_pid: int | None = None,
 ) -> SectionResult:
     section = SectionResult("zip", columns=COLUMNS)
-    script = run_sibling("zip", "bench_zip", timeout)
+    files = str(work.images if work else 10_000)
+    script = run_sibling("zip", "bench_zip", timeout, ["--files", files, "--verify", "--compare"])
     if script is None:
         section.notes.append("benchmarks/bench_zip.py is not there yet: its part skipped")
     else:
         section.runs.append(script)
-        section.rows.append(_row(script))
+        section.rows += _script_rows(script)
     try:
         if work is None:
             raise Skip("no corpus served (nginx unavailable)")
-        job = make_job(work, concurrency=concurrency, timeout=timeout, env_overrides=env_overrides)
+        job = make_job(
+            work,
+            concurrency=concurrency,
+            timeout=timeout,
+            env_overrides=env_overrides,
+            server_pid=server_pid,
+        )
         section.info["job_id"] = job.job_id
         section.runs.append(bench_master_zip_cli(job, timeout, env_overrides))
         section.rows.append(_row(section.runs[-1]))

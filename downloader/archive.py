@@ -309,17 +309,22 @@ def _coalesce(chunks: Iterable[bytes], min_size: int = OUTPUT_CHUNK_SIZE) -> Ite
     """Merge the many tiny ZIP headers with their neighbours; big chunks pass unchanged."""
     parts: list[bytes] = []
     pending = 0
-    for chunk in chunks:
-        if not chunk:
-            continue
-        parts.append(chunk)
-        pending += len(chunk)
-        if pending >= min_size:
-            yield parts[0] if len(parts) == 1 else b"".join(parts)
-            parts = []
-            pending = 0
-    if parts:
-        yield b"".join(parts)
+    try:
+        for chunk in chunks:
+            if not chunk:
+                continue
+            parts.append(chunk)
+            pending += len(chunk)
+            if pending >= min_size:
+                yield parts[0] if len(parts) == 1 else b"".join(parts)
+                parts = []
+                pending = 0
+        if parts:
+            yield b"".join(parts)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()  # closing the output closes the ZIP writer (files, threads, spools)
 
 
 def stream_zip(

@@ -95,6 +95,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share", type=float, default=None, help=argparse.SUPPRESS)
     p.set_defaults(handler=cmd_worker)
 
+    p = sub.add_parser("cleanup", help="remove jobs older than JOB_RETENTION_DAYS now")
+    common(p)
+    p.add_argument("--days", type=float, help="overrides JOB_RETENTION_DAYS (0 = keep all)")
+    p.set_defaults(handler=cmd_cleanup)
+
     p = sub.add_parser("check", help="the system check; non-zero exit when unhealthy")
     common(p)
     p.set_defaults(handler=cmd_check)
@@ -218,7 +223,19 @@ def _spawn_helper(args: argparse.Namespace, services: Services, job_id: str, sha
     env["DATABASE_URL"] = services.settings.database_url
     env["MEDIA_ROOT"] = services.settings.media_root
     command = [sys.executable, "-m", "downloader", "worker", "--job", job_id, "--until-idle", "--share", str(share)]
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    """Linux: a helper gets SIGKILL when `run` dies, so a killed run leaves no orphans."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 def _install_stop_handlers(engine: Engine, helpers: list[subprocess.Popen[bytes]]) -> threading.Event:
@@ -301,6 +318,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, handle)
     run_engine_until_stopped(engine, until_idle=args.until_idle)
     _emit({"worker_id": engine.worker_id, "images": engine.stats.finished, "failed": engine.stats.failed})
+    return EXIT_OK
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from downloader.retention import cleanup
+
+    services = _services(args)
+    days = services.settings.job_retention_days if args.days is None else args.days
+    if days < 0:
+        raise CliError("--days must be 0 (keep all) or more")
+    _emit({"deleted_jobs": cleanup(services.db, services.storage, days)})
     return EXIT_OK
 
 

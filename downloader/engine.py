@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 from anyio.abc import TaskGroup
+from sqlalchemy.exc import IntegrityError
 
-from downloader import queue
+from downloader import queue, retention
 from downloader.db import Database
 from downloader.fetch import Fetcher, FetchOutcome
 from downloader.models import ImageStatus
@@ -29,6 +31,15 @@ log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 0.25  # seconds between result batches
 FLUSH_SIZE = 500  # results that trigger an early batch
+CONTENT_TYPES = {
+    "jpg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "avif": "image/avif",
+    "gif": "image/gif",
+}
+SHARE_REFRESH = 1.0  # seconds between re-reads of the live engine list (politeness shares)
+JOIN_WAIT = 2 * SHARE_REFRESH + 0.5  # a joining engine waits for the others to shrink first
 
 
 @dataclass
@@ -67,6 +78,9 @@ class Engine:
         self._stopping = False
         self._active = 0  # download tasks running now
         self.drain_seconds = 10.0
+        self._standby = False  # beyond the politeness cap: heartbeat and reap, claim nothing
+        self.retention_delay = 60.0  # first retention pass after start, then every interval
+        self.retention_interval = 3600.0
         self._capacity = self._compute_capacity(self.share)
 
     def _compute_capacity(self, share: float) -> int:
@@ -86,14 +100,24 @@ class Engine:
         await anyio.to_thread.run_sync(queue.reap_dead_workers, self.db, lease * 2)
         temp_dir = Path(self.storage.temp_dir())
         temp_dir.mkdir(parents=True, exist_ok=True)
+        # .part files of processes that died mid-download on this host
+        await anyio.to_thread.run_sync(self.storage.clean_temp)
+        await anyio.to_thread.run_sync(self.storage.clean_temp)  # dead processes' .part files
         try:
             async with Fetcher(self.settings, temp_dir) as fetcher:
                 fetcher.set_share(self.share)
                 async with anyio.create_task_group() as housekeeping:
-                    if self.auto_share:
-                        await self._update_share(fetcher)
                     housekeeping.start_soon(self._heartbeat_loop, fetcher)
                     housekeeping.start_soon(self._flush_loop)
+                    if self.kind in ("worker", "embedded") and self.settings.job_retention_days:
+                        housekeeping.start_soon(self._retention_loop)
+                    if self.auto_share:
+                        live = await self._update_share(fetcher)
+                        housekeeping.start_soon(self._share_loop, fetcher)
+                        if live > 1:
+                            # The engines already running shrink their share within
+                            # SHARE_REFRESH; only then take ours (docs/scaling.md).
+                            await anyio.sleep(JOIN_WAIT)
                     try:
                         async with anyio.create_task_group() as downloads:
                             await self._claim_loop(fetcher, downloads, until_idle)
@@ -128,7 +152,8 @@ class Engine:
         last_reap = time.monotonic()
         while not self._stopping:
             room = self._capacity - len(self._in_flight)
-            if room >= min(self.settings.claim_batch_size, max(1, self._capacity // 4)):
+            wanted = min(self.settings.claim_batch_size, max(1, self._capacity // 4))
+            if not self._standby and room >= wanted:
                 claims = await anyio.to_thread.run_sync(
                     lambda: queue.claim(
                         self.db,
@@ -151,13 +176,20 @@ class Engine:
                 idle_sleep = min(idle_sleep * 2, 1.0)
             if time.monotonic() - last_reap > lease / 2:
                 last_reap = time.monotonic()
-                await anyio.to_thread.run_sync(queue.reap_dead_workers, self.db, lease * 2)
+                reaped = await anyio.to_thread.run_sync(
+                    queue.reap_dead_workers, self.db, lease * 2
+                )
+                if reaped:
+                    await anyio.to_thread.run_sync(self.storage.clean_temp)
             await anyio.sleep(idle_sleep if not self._in_flight else 0.02)
 
     def _job_has_pending(self) -> bool:
         if self.job_id is None:
             return queue.has_claimable_work(self.db)
-        # Images leased by other live processes still count as pending for `run`.
+        # Images leased by other live processes still count as pending for `run`;
+        # a paused or cancelled job has nothing more for it.
+        if not queue.job_is_active(self.db, self.job_id):
+            return False
         return queue.pending_count(self.db, self.job_id) > 0
 
     async def _download(self, fetcher: Fetcher, item: Claim) -> None:
@@ -199,7 +231,8 @@ class Engine:
         if self.storage.name == "local":
             self.storage.put(outcome.temp_path, key)  # an os.replace: cheaper than a thread hop
         else:
-            await anyio.to_thread.run_sync(self.storage.put, outcome.temp_path, key)
+            content_type = CONTENT_TYPES.get(outcome.format)
+            await anyio.to_thread.run_sync(self.storage.put, outcome.temp_path, key, content_type)
         return Result(
             image_id=item.image_id,
             status=ImageStatus.DONE,
@@ -248,16 +281,51 @@ class Engine:
                     self.db, self.worker_id, lease, len(self._in_flight), self.stats.finished
                 )
             )
-            if self.auto_share:
-                await self._update_share(fetcher)
 
-    async def _update_share(self, fetcher: Fetcher) -> None:
-        """Split the deployment-wide limits evenly over the live long-running engines."""
+    async def _share_loop(self, fetcher: Fetcher) -> None:
+        while True:
+            await anyio.sleep(SHARE_REFRESH)
+            await self._update_share(fetcher)
+
+    async def _update_share(self, fetcher: Fetcher) -> int:
+        """Split the deployment-wide limits evenly over the live long-running engines.
+
+        Each downloading engine needs at least one slot per host, so at most
+        cap = min(MAX_PER_HOST_CONCURRENCY, MAX_GLOBAL_CONCURRENCY) engines download at once,
+        each with 1/min(N, cap) of every limit (floored: the sum never exceeds the limit).
+        The newest engines beyond the cap stand by: they heartbeat and reap, and take over
+        when an older one leaves or dies. Returns the number of live engines.
+        """
         live = await anyio.to_thread.run_sync(
-            queue.live_worker_count, self.db, self.settings.worker_lease_seconds * 2
+            queue.live_engines, self.db, self.settings.worker_lease_seconds * 2
         )
-        share = 1.0 / max(1, live)
+        if self.worker_id not in live:
+            # Reaped while stalled (a suspended VM, a long pause): stand by until visible again.
+            with suppress(IntegrityError):
+                await anyio.to_thread.run_sync(
+                    queue.register_worker, self.db, self.worker_id, self.kind
+                )
+            self._standby = True
+            return len(live) + 1
+        cap = min(self.settings.max_per_host_concurrency, self.settings.max_global_concurrency)
+        self._standby = live.index(self.worker_id) >= cap
+        share = 1.0 / min(len(live), cap)
         if share != self.share:
             self.share = share
             fetcher.set_share(share)
             self._capacity = self._compute_capacity(share)
+        return len(live)
+
+    async def _retention_loop(self) -> None:
+        """Remove jobs past JOB_RETENTION_DAYS now and then (retention.cleanup)."""
+        await anyio.sleep(self.retention_delay)
+        while True:
+            try:
+                await anyio.to_thread.run_sync(
+                    lambda: retention.cleanup(
+                        self.db, self.storage, self.settings.job_retention_days
+                    )
+                )
+            except Exception:  # a storage or database hiccup: try again next time
+                log.exception("retention cleanup failed")
+            await anyio.sleep(self.retention_interval)

@@ -20,6 +20,7 @@ expose instance credentials).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import ipaddress
 import socket
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+import idna
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 if TYPE_CHECKING:
@@ -37,6 +39,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 BLOCKED_TAIL = "downloads from internal networks are blocked"
+HOST_CACHE_SIZE = 4096  # check_host verdicts kept (the rules are fixed per Guard)
 
 
 def _nets(*specs: tuple[str, str]) -> list[tuple[IPNetwork, str]]:
@@ -213,6 +216,7 @@ class Guard:
         ]
         self._allow = [p.strip().lower() for p in settings.url_allowlist if p.strip()]
         self._deny = [p.strip().lower() for p in settings.url_denylist if p.strip()]
+        self._host_cache: dict[str, str | None] = {}
 
     # -- addresses -------------------------------------------------------------------------
 
@@ -225,23 +229,26 @@ class Guard:
             addr = ipaddress.IPv6Address(int(addr))  # drop the zone: fe80::1%eth0 -> fe80::1
         if addr in METADATA_ADDRESSES:
             return METADATA
-        if self._exempted(addr):
-            return None
         if isinstance(addr, ipaddress.IPv6Address):
             wrapped = embedded_ipv4(addr)
             if wrapped:
+                for wrapper, inner in wrapped:
+                    if inner in METADATA_ADDRESSES:
+                        return f"{wrapper} wrapping {inner}, {METADATA}"
+                if self._exempted(addr):
+                    return None
                 for wrapper, inner in wrapped:
                     inner_label = self._label(inner)
                     if inner_label is not None:
                         return f"{wrapper} wrapping {inner}, {inner_label}"
                 return None
-            table = _IPV6_BLOCKS
-        else:
-            table = _IPV4_BLOCKS
+        if self._exempted(addr):
+            return None
+        table = _IPV6_BLOCKS if isinstance(addr, ipaddress.IPv6Address) else _IPV4_BLOCKS
         for net, label in table:
             if addr in net:
                 return label
-        if not addr.is_global:
+        if not addr.is_global or addr.is_reserved:
             return "a reserved (non-global) address"
         return None
 
@@ -261,11 +268,20 @@ class Guard:
 
     def check_host(self, host: str) -> str | None:
         """Reason a URL host (name or IP literal in any spelling) is refused, or None. No DNS."""
+        if host in self._host_cache:
+            return self._host_cache[host]
+        reason = self._check_host(host)
+        if len(self._host_cache) >= HOST_CACHE_SIZE:
+            self._host_cache.clear()
+        self._host_cache[host] = reason
+        return reason
+
+    def _check_host(self, host: str) -> str | None:
         name = host.strip().lower()
         if name.startswith("[") and name.endswith("]"):
             name = name[1:-1]
         if not name:
-            return "the URL has no host"
+            return "The URL has no host"
         addr = parse_ip_host(name)
         if addr is not None:
             label = self._label(addr)
@@ -275,6 +291,9 @@ class Guard:
             plain = str(addr)
         else:
             plain = name.rstrip(".")
+            if not plain.isascii():  # match the lists against the A-label form DNS sees
+                with contextlib.suppress(idna.IDNAError, UnicodeError):
+                    plain = idna.encode(plain, uts46=True).decode("ascii")
             if plain == "localhost" or plain.endswith(".localhost"):
                 # RFC 6761: always loopback, whatever DNS says.
                 label = self._label(ipaddress.IPv4Address("127.0.0.1"))
@@ -315,7 +334,6 @@ class Guard:
 
 
 def _sentence(reason: str) -> str:
-    reason = reason[:1].upper() + reason[1:]
     return reason if reason.endswith(".") else reason + "."
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, delete, func, select, text, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from downloader.db import Database
 from downloader.models import (
@@ -100,16 +100,16 @@ def heartbeat(
         # Rows another transaction holds (this worker's own result batch, a reaper) are
         # being settled right now: skip them instead of waiting, so no lock cycle can form.
         mine = (
-            select(Image.id)
+            select(col(Image.id))
             .where(
-                Image.lease_owner == worker_id,  # type: ignore[arg-type]
-                Image.status == ImageStatus.DOWNLOADING,  # type: ignore[arg-type]
+                col(Image.lease_owner) == worker_id,
+                col(Image.status) == ImageStatus.DOWNLOADING,
             )
             .with_for_update(skip_locked=True)
         )
-        session.exec(
-            update(Image)  # type: ignore[call-overload]
-            .where(Image.id.in_(mine.scalar_subquery()))  # type: ignore[union-attr]
+        session.execute(
+            update(Image)
+            .where(col(Image.id).in_(mine.scalar_subquery()))
             .values(lease_expires=now + lease_seconds)
         )
 
@@ -126,6 +126,22 @@ def live_worker_count(db: Database, stale_after: float, kinds: Sequence[str] = (
             )
         ).scalar_one()
     return max(1, int(count))
+
+
+def live_engines(
+    db: Database, stale_after: float, kinds: Sequence[str] = ("worker", "embedded")
+) -> list[str]:
+    """Ids of the long-running engines that heartbeated recently, oldest first."""
+    with db.read() as session:
+        rows = session.execute(
+            select(col(Worker.id))
+            .where(
+                col(Worker.heartbeat_at) > time.time() - stale_after,
+                col(Worker.kind).in_(kinds),
+            )
+            .order_by(col(Worker.started_at), col(Worker.id))
+        ).scalars()
+        return list(rows)
 
 
 def reap_dead_workers(db: Database, stale_after: float) -> int:
@@ -148,16 +164,13 @@ def reap_dead_workers(db: Database, stale_after: float) -> int:
             session.exec(delete(Worker).where(Worker.id.in_(dead)))  # type: ignore[call-overload, attr-defined]
         # Leases whose owner vanished without a worker row (or expired) go back too.
         stale = (
-            select(Image.id)
-            .where(
-                Image.status == ImageStatus.DOWNLOADING,  # type: ignore[arg-type]
-                Image.lease_expires < now,  # type: ignore[operator]
-            )
+            select(col(Image.id))
+            .where(col(Image.status) == ImageStatus.DOWNLOADING, col(Image.lease_expires) < now)
             .with_for_update(skip_locked=True)  # rows being written now: next round
         )
-        expired = session.exec(
-            update(Image)  # type: ignore[call-overload]
-            .where(Image.id.in_(stale.scalar_subquery()))  # type: ignore[union-attr]
+        expired = session.connection().execute(
+            update(Image)
+            .where(col(Image.id).in_(stale.scalar_subquery()))
             .values(status=ImageStatus.QUEUED, lease_owner=None, lease_expires=None)
         )
     return len(dead) + (expired.rowcount or 0)
@@ -436,6 +449,12 @@ def release_claims(db: Database, worker_id: str, image_ids: Sequence[int]) -> No
             )
             .values(status=ImageStatus.QUEUED, lease_owner=None, lease_expires=None)
         )
+
+
+def job_is_active(db: Database, job_id: str) -> bool:
+    with db.read() as session:
+        status = session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()  # type: ignore[arg-type]
+    return status in (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 def pending_count(db: Database, job_id: str) -> int:

@@ -3,7 +3,8 @@
 No Streamlit import here: everything is plain Python and tested without a browser.
 - turning the rows of the paste grid into a ParsedInput (through the normal parser),
 - telling which grid cells a rejected row points at (for highlighting),
-- thumbnails for the gallery.
+- thumbnails for the gallery,
+- a light product lookup for pickers (the product table only, no image aggregates).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from downloader.db import Database
 from downloader.inputs import ParsedInput, parse_text
 from downloader.inputs.columns import PRODUCT_SYNONYMS, URL_SYNONYMS
 from downloader.storage import Storage
@@ -94,7 +96,9 @@ def parse_grid(rows: Sequence[GridRow], *, max_rows: int | None = None) -> GridP
         return GridParse(parsed=None)
     text, by_number = grid_text(rows)
     try:
-        parsed = parse_text(text, product_column=GRID_PRODUCT, url_column=GRID_URL, max_rows=max_rows)
+        parsed = parse_text(
+            text, product_column=GRID_PRODUCT, url_column=GRID_URL, max_rows=max_rows
+        )
     except InputError as exc:
         return GridParse(parsed=None, error=str(exc), rows=len(rows))
     result = GridParse(parsed=parsed, rows=len(rows))
@@ -137,3 +141,25 @@ def thumbnail(storage: Storage, key: str, max_px: int = 320) -> bytes:
             return out.getvalue()
     except Exception:
         return data
+
+
+def find_products(
+    db: Database, job_id: str, text: str | None = None, limit: int = 24
+) -> list[tuple[str, int]]:
+    """(product number, image count) of a job's products in input order, optionally matching
+    `text`; reads the product table only (no image aggregates), for pickers and buttons."""
+    from sqlalchemy import select
+    from sqlmodel import col
+
+    from downloader.models import Product
+
+    query = (
+        select(col(Product.number), col(Product.image_count))
+        .where(col(Product.job_id) == job_id)
+        .order_by(col(Product.position))
+        .limit(limit)
+    )
+    if text and text.strip():
+        query = query.where(col(Product.number).ilike(f"%{text.strip()}%"))
+    with db.read() as session:
+        return [(str(number), int(count)) for number, count in session.execute(query).all()]

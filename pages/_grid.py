@@ -109,7 +109,9 @@ function (event) {
       productIdx = header.indexOf('product');
       for (j = 0; j < header.length; j++) { if (header[j] === 'url') { urlIdx.push(j); } }
       if (productIdx < 0 && header.length > 1) {
-        for (j = 0; j < header.length; j++) { if (urlIdx.indexOf(j) < 0) { productIdx = j; break; } }
+        for (j = 0; j < header.length; j++) {
+          if (urlIdx.indexOf(j) < 0) { productIdx = j; break; }
+        }
       }
       if (!urlIdx.length && header.length > 1) {
         for (j = 0; j < header.length; j++) { if (j !== productIdx) { urlIdx.push(j); break; } }
@@ -147,7 +149,7 @@ function (event) {
     ensureBlankRow();
     window.__bidLastPaste = body.length;
     changed();
-    api.ensureIndexVisible(Math.min(start + body.length, api.getDisplayedRowCount() - 1));
+    api.ensureIndexVisible(start, 'top');
   }
   document.addEventListener('paste', onPaste, true);
   api.addEventListener('cellValueChanged', function () { changed(); ensureBlankRow(); });
@@ -205,14 +207,11 @@ function (args) {
 
 
 def _cell_rules(column: str) -> dict[str, Any]:
-    test = (
-        "function (p) { var c = p.context || {}; var bad = (c.invalid || {})['%s'] || {};"
-        " return !!(p.data && bad.hasOwnProperty(p.data.rid)); }" % column
-    )
+    lookup = f"var c = p.context || {{}}; var bad = (c.invalid || {{}})['{column}'] || {{}};"
+    test = f"function (p) {{ {lookup} return !!(p.data && bad.hasOwnProperty(p.data.rid)); }}"
     tip = (
-        "function (p) { var c = p.context || {}; var bad = (c.invalid || {})['%s'] || {};"
-        " return p.data && bad.hasOwnProperty(p.data.rid) ? bad[p.data.rid] : undefined; }"
-        % column
+        f"function (p) {{ {lookup} "
+        "return p.data && bad.hasOwnProperty(p.data.rid) ? bad[p.data.rid] : undefined; }"
     )
     return {"cellClassRules": {"bid-invalid": JsCode(test)}, "tooltipValueGetter": JsCode(tip)}
 
@@ -240,7 +239,9 @@ def seed_frame(rows: list[tuple[int, str, str, str]] | None = None) -> pd.DataFr
     rows = rows or []
     records = [{"rid": rid, "product": product, "url": url} for _, rid, product, url in rows]
     blanks = BLANK_ROWS if not records else 1
-    records += [{"rid": f"blank-{len(records)}-{i}", "product": "", "url": ""} for i in range(blanks)]
+    records += [
+        {"rid": f"blank-{len(records)}-{i}", "product": "", "url": ""} for i in range(blanks)
+    ]
     return pd.DataFrame(records, columns=["rid", "product", "url"], dtype=object)
 
 

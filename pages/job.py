@@ -15,7 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from downloader import jobs
-from downloader.ui_queries import thumbnail
+from downloader.ui_queries import find_products, thumbnail
 from pages import _common as common
 
 REFRESH_SECONDS = 2.0
@@ -53,7 +53,9 @@ try:
     summary = jobs.job_summary(db, job_id)
 except jobs.JobNotFound:
     st.title("Job detail")
-    st.error(f"There is no job with id `{job_id}`. It may have been deleted after its retention time.")
+    st.error(
+        f"There is no job with id `{job_id}`. It may have been deleted after its retention time."
+    )
     st.page_link(common.JOBS_PAGE, label="All jobs", icon=":material/list_alt:")
     st.stop()
 
@@ -152,7 +154,9 @@ def _products_table() -> None:
         st.caption("No product matches." if filtered else "This job has no products.")
         return
     st.dataframe(
-        frame[["product", "progress", "status", "images", "done", "duplicate", "failed", "pending"]],
+        frame[
+            ["product", "progress", "status", "images", "done", "duplicate", "failed", "pending"]
+        ],
         hide_index=True,
         width="stretch",
         height=min(420, 38 + 35 * len(frame)),
@@ -173,7 +177,7 @@ def _products_table() -> None:
     if filtered:
         st.caption(f"{len(frame):,} matching product(s) shown (at most {PRODUCTS_PER_PAGE}).")
     else:
-        st.caption(f"Products {first:,}–{first + len(frame) - 1:,} of {job.products:,}.")
+        st.caption(f"Products {first:,}–{first + len(frame) - 1:,} of {job.products:,}.")  # noqa: RUF001
 
 
 def live(was_active: bool) -> None:
@@ -204,7 +208,7 @@ def _link_button(url: str, label: str, primary: bool = False) -> str:
     return (
         f'<a href="{escape(url)}" download data-testid="bid-download-link" '
         f'style="display:inline-block;padding:0.4rem 0.9rem;margin:0 0.5rem 0.5rem 0;'
-        f"border:1px solid;border-radius:0.5rem;text-decoration:none;{colors}\">"
+        f'border:1px solid;border-radius:0.5rem;text-decoration:none;{colors}">'
         f"{escape(label)}</a>"
     )
 
@@ -213,7 +217,9 @@ with downloads:
     counts = summary.counts
     st.markdown("**Everything**")
     st.html(
-        _link_button(common.job_zip_url(job.id), f"⬇ All products (ZIP, {counts.done:,} images)", True)
+        _link_button(
+            common.job_zip_url(job.id), f"⬇ All products (ZIP, {counts.done:,} images)", True
+        )
         + _link_button(common.manifest_url(job.id), "⬇ Manifest (CSV)")
         + _link_button(common.failed_csv_url(job.id), f"⬇ Failed rows (CSV, {counts.failed:,})")
     )
@@ -226,15 +232,17 @@ with downloads:
     def product_downloads() -> None:
         st.markdown("**One product**")
         text = st.text_input(
-            "Find a product", key="dl_text", placeholder="Product number", label_visibility="collapsed"
+            "Find a product",
+            key="dl_text",
+            placeholder="Product number",
+            label_visibility="collapsed",
         )
-        frame = jobs.product_progress(db, job.id, text=text.strip() or None, limit=DOWNLOAD_BUTTONS)
-        if frame.empty:
+        found = find_products(db, job.id, text.strip() or None, limit=DOWNLOAD_BUTTONS)
+        if not found:
             st.caption("No product matches.")
             return
         grid = st.columns(4)
-        for index, row in enumerate(frame.itertuples(index=False)):
-            product = str(row.product)
+        for index, (product, images) in enumerate(found):
             grid[index % 4].download_button(
                 product,
                 data=partial(jobs.product_zip_bytes, db, services.storage, job.id, product),
@@ -243,12 +251,12 @@ with downloads:
                 icon=":material/folder_zip:",
                 on_click="ignore",
                 key=f"zip-{product}",
-                help=f"{product}.zip: {int(row.done):,} image(s) and manifest.csv",
+                help=f"{product}.zip: its downloaded images (of {images:,}) and manifest.csv",
                 width="stretch",
             )
-        if job.products > len(frame):
+        if job.products > len(found):
             st.caption(
-                f"Showing {len(frame):,} of {job.products:,} products; type to find the others."
+                f"Showing {len(found):,} of {job.products:,} products; type to find the others."
             )
 
     product_downloads()
@@ -266,9 +274,9 @@ with failures:
         code = left.selectbox(
             "Reason",
             ["", *errors],
-            format_func=lambda c: f"All reasons ({sum(errors.values()):,})"
-            if c == ""
-            else f"{c} ({errors[c]:,})",
+            format_func=lambda c: (
+                f"All reasons ({sum(errors.values()):,})" if c == "" else f"{c} ({errors[c]:,})"
+            ),
             key="fail_code",
         )
         text = right.text_input("Find (product or URL)", key="fail_text")
@@ -306,11 +314,11 @@ with gallery:
     def image_gallery() -> None:
         left, right = st.columns([1, 2])
         text = left.text_input("Find a product", key="gal_text", placeholder="Product number")
-        candidates = jobs.product_progress(db, job.id, text=text.strip() or None, limit=200)
-        if candidates.empty:
+        candidates = [number for number, _ in find_products(db, job.id, text.strip() or None, 200)]
+        if not candidates:
             st.caption("No product matches.")
             return
-        product = right.selectbox("Product", candidates["product"].tolist(), key="gal_product")
+        product = right.selectbox("Product", candidates, key="gal_product")
         if product is None:
             return
         images = jobs.product_images(db, job.id, product, limit=GALLERY_IMAGES)
@@ -324,7 +332,7 @@ with gallery:
                     st.image(_thumbnail(str(image.key)), width="stretch")
                 except Exception:
                     st.caption("(image unavailable)")
-                size = f" · {image.width}×{image.height}" if image.width and image.height else ""
+                size = f" · {image.width}×{image.height}" if image.width and image.height else ""  # noqa: RUF001
                 st.caption(f"{image.file}{size}")
         others = [image for image in images if image not in shown]
         if others:
@@ -351,7 +359,13 @@ with problems:
         )
         st.dataframe(
             rows.rename(
-                columns={"row": "Row", "kind": "Kind", "reason": "Reason", "product": "Product", "url": "URL"}
+                columns={
+                    "row": "Row",
+                    "kind": "Kind",
+                    "reason": "Reason",
+                    "product": "Product",
+                    "url": "URL",
+                }
             ),
             hide_index=True,
             width="stretch",

@@ -35,11 +35,12 @@ def _table(items: list[jobs.JobListItem]) -> pd.DataFrame:
                 "open": common.job_url(item.job.id),
                 "name": item.job.name or item.job.id,
                 "status": common.status_label(item.job.status),
-                "progress": (item.counts.finished / item.counts.total) if item.counts.total else 1.0,
+                "progress": (item.counts.finished / item.counts.total)
+                if item.counts.total
+                else 1.0,
                 "products": item.job.products,
                 "images": item.counts.total,
                 "done": item.counts.done,
-                "duplicate": item.counts.duplicate,
                 "failed": item.counts.failed,
                 "pending": item.counts.pending,
                 "age": common.age(item.job.created_at, now),
@@ -51,7 +52,9 @@ def _table(items: list[jobs.JobListItem]) -> pd.DataFrame:
 
 
 def job_list() -> None:
-    items = jobs.list_jobs(services.db, statuses=statuses or None, text=text.strip() or None, limit=LIMIT)
+    items = jobs.list_jobs(
+        services.db, statuses=statuses or None, text=text.strip() or None, limit=LIMIT
+    )
     if not items:
         st.info("No jobs match." if statuses or text else "No jobs yet.")
         st.page_link(common.NEW_JOB_PAGE, label="Create a job", icon=":material/add:")
@@ -65,12 +68,20 @@ def job_list() -> None:
         selection_mode="single-row",
         key="jobs_table",
         column_order=[
-            "open", "name", "status", "progress", "products", "images", "done",
-            "duplicate", "failed", "pending", "age",
+            "open",
+            "name",
+            "status",
+            "progress",
+            "products",
+            "images",
+            "done",
+            "failed",
+            "pending",
+            "age",
         ],
         column_config={
             "open": st.column_config.LinkColumn("Job", display_text=r"id=(.*)$", width="small"),
-            "name": st.column_config.TextColumn("Name", width="medium"),
+            "name": st.column_config.TextColumn("Name", width="large"),
             "status": "Status",
             "progress": st.column_config.ProgressColumn(
                 "Progress", min_value=0.0, max_value=1.0, format="percent"
@@ -78,7 +89,6 @@ def job_list() -> None:
             "products": st.column_config.NumberColumn("Products"),
             "images": st.column_config.NumberColumn("Images"),
             "done": st.column_config.NumberColumn("Done"),
-            "duplicate": st.column_config.NumberColumn("Duplicates"),
             "failed": st.column_config.NumberColumn("Failed"),
             "pending": st.column_config.NumberColumn("Pending"),
             "age": "Created",
@@ -88,7 +98,8 @@ def job_list() -> None:
     if selected:
         common.open_job(str(frame.iloc[selected[0]]["id"]))
     st.caption(
-        f"{len(items):,} job(s) shown" + (f" (the newest {LIMIT})" if len(items) == LIMIT else "")
+        f"{len(items):,} job(s) shown"
+        + (f" (the newest {LIMIT})" if len(items) == LIMIT else "")
         + ". Select a row, or follow its id, to open the job."
     )
 

@@ -8,7 +8,14 @@ import pandas as pd
 import streamlit as st
 
 from downloader import jobs
-from downloader.inputs import InputError, ParsedInput, parse_bytes, parse_text, sample_csv, sheet_names
+from downloader.inputs import (
+    InputError,
+    ParsedInput,
+    parse_bytes,
+    parse_text,
+    sample_csv,
+    sheet_names,
+)
 from downloader.ui_queries import GridParse, clean_grid_rows, grid_fingerprint, parse_grid
 from pages import _common as common
 from pages import _grid
@@ -94,7 +101,7 @@ def grid_source() -> tuple[ParsedInput | None, str, dict[int, int] | None]:
         st.button("Use the file uploader instead", on_click=_use_file_uploader)
     if result.error:
         st.error(result.error)
-    return result.parsed, "pasted into the grid", result.row_numbers
+    return result.parsed, "pasted rows", result.row_numbers
 
 
 def _column_mapping(parsed: ParsedInput, scope: str) -> None:
@@ -171,7 +178,9 @@ def file_source() -> tuple[ParsedInput | None, str, None]:
         return None, "", None
     data = upload.getvalue()
     sheets = sheet_names(data) if upload.name.lower().endswith(".xlsx") else []
-    sheet = st.selectbox("Sheet", sheets, key=f"sheet-{upload.file_id}") if len(sheets) > 1 else None
+    sheet = (
+        st.selectbox("Sheet", sheets, key=f"sheet-{upload.file_id}") if len(sheets) > 1 else None
+    )
     scope = f"file-{upload.file_id}-{sheet or ''}"
 
     def parse(product_column: str | None, url_column: str | None) -> ParsedInput:
@@ -290,12 +299,12 @@ if parsed is None:
 else:
     preview(parsed, row_numbers)
 
-name = st.text_input(
-    "Job name (optional)",
-    key="job_name",
-    max_chars=200,
-    placeholder=f"{described or 'pasted rows'}, {pd.Timestamp.now():%Y-%m-%d %H:%M}",
+default_name = (
+    f"{described} · {parsed.products:,} product{'s' if parsed.products != 1 else ''}"
+    if parsed is not None
+    else "pasted rows"
 )
+name = st.text_input("Job name (optional)", key="job_name", max_chars=200, placeholder=default_name)
 can_queue = parsed is not None and parsed.images > 0
 if st.button(
     "Analyze & Queue Downloads",
@@ -305,4 +314,4 @@ if st.button(
     key="queue",
 ):
     assert parsed is not None
-    queue(parsed, name.strip() or f"{described or 'pasted rows'}", described)
+    queue(parsed, name.strip() or default_name, described)

@@ -26,7 +26,8 @@ from downloader.archive import (
 )
 from downloader.settings import load_settings
 from downloader.storage import LocalStorage, Storage, image_key, make_storage
-from tests.support.s3server import s3_bucket, s3_client, s3_overrides, s3_server  # noqa: F401
+
+pytest_plugins = ["tests.support.s3server"]  # fixtures: s3_server, s3_overrides, ...
 
 MIB = 1024 * 1024
 
@@ -80,17 +81,72 @@ def sample_rows(storage: Storage) -> list[ManifestRow]:
     return [
         sku1_1,
         done_row(storage, "SKU-1", 2, os.urandom(1500), "png"),
-        ManifestRow("SKU-1", 3, "https://img.example.com/dup.jpg", "duplicate", None,
-                    sku1_1.sha256, sku1_1.bytes, "jpg", 640, 480, 200, 1, None, sku1_1.file),
+        ManifestRow(
+            "SKU-1",
+            3,
+            "https://img.example.com/dup.jpg",
+            "duplicate",
+            None,
+            sku1_1.sha256,
+            sku1_1.bytes,
+            "jpg",
+            640,
+            480,
+            200,
+            1,
+            None,
+            sku1_1.file,
+        ),
         done_row(storage, "SKU-1", 4, b"", "gif"),
-        ManifestRow("SKU-1", 5, "https://img.example.com/404.jpg", "failed", None, None, None,
-                    None, None, None, 404, 1, "The server answered 404 Not Found (http_404)",
-                    None),
+        ManifestRow(
+            "SKU-1",
+            5,
+            "https://img.example.com/404.jpg",
+            "failed",
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            404,
+            1,
+            "The server answered 404 Not Found (http_404)",
+            None,
+        ),
         done_row(storage, "SKU_2", 1, os.urandom(300_000), "webp"),
-        ManifestRow("SKU_2", 2, "https://img.example.com/slow.jpg", "skipped", None, None, None,
-                    None, None, None, None, 0, None, None),
-        ManifestRow("P3", 1, "https://img.example.com/x", "failed", None, None, None, None, None,
-                    None, None, 4, "Timed out after 120 s (timeout)", None),
+        ManifestRow(
+            "SKU_2",
+            2,
+            "https://img.example.com/slow.jpg",
+            "skipped",
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            0,
+            None,
+            None,
+        ),
+        ManifestRow(
+            "P3",
+            1,
+            "https://img.example.com/x",
+            "failed",
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            4,
+            "Timed out after 120 s (timeout)",
+            None,
+        ),
     ]
 
 
@@ -134,7 +190,11 @@ def test_product_zip(storage: Storage) -> None:
         check_entries_match_manifest(archive, folder_per_product=False)
         manifest = read_manifest(archive)
     assert [(m["position"], m["status"]) for m in manifest] == [
-        ("1", "done"), ("2", "done"), ("3", "duplicate"), ("4", "done"), ("5", "failed"),
+        ("1", "done"),
+        ("2", "done"),
+        ("3", "duplicate"),
+        ("4", "done"),
+        ("5", "failed"),
     ]
     duplicate, failed = manifest[2], manifest[4]
     assert duplicate["file"] == "" and duplicate["duplicate_of"] == "SKU-1_1.jpg"
@@ -142,10 +202,20 @@ def test_product_zip(storage: Storage) -> None:
     assert failed["file"] == "" and failed["http_status"] == "404"
     assert failed["error"] == "The server answered 404 Not Found (http_404)"
     assert manifest[0] == {
-        "product": "SKU-1", "position": "1", "source_url": "https://img.example.com/SKU-1/1.jpg",
-        "status": "done", "file": "SKU-1_1.jpg", "sha256": rows[0].sha256, "bytes": "70000",
-        "format": "jpg", "width": "640", "height": "480", "http_status": "200",
-        "attempts": "1", "error": "", "duplicate_of": "",
+        "product": "SKU-1",
+        "position": "1",
+        "source_url": "https://img.example.com/SKU-1/1.jpg",
+        "status": "done",
+        "file": "SKU-1_1.jpg",
+        "sha256": rows[0].sha256,
+        "bytes": "70000",
+        "format": "jpg",
+        "width": "640",
+        "height": "480",
+        "http_status": "200",
+        "attempts": "1",
+        "error": "",
+        "duplicate_of": "",
     }
     assert len(data) == zip_size(storage, rows, folder_per_product=False)
 
@@ -155,19 +225,22 @@ def test_master_zip(storage: Storage) -> None:
     data = build(storage, (row for row in rows), folder_per_product=True)
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         assert archive.namelist() == [
-            "SKU-1/SKU-1_1.jpg", "SKU-1/SKU-1_2.png", "SKU-1/SKU-1_4.gif",
-            "SKU_2/SKU_2_1.webp", MANIFEST_NAME,
+            "SKU-1/SKU-1_1.jpg",
+            "SKU-1/SKU-1_2.png",
+            "SKU-1/SKU-1_4.gif",
+            "SKU_2/SKU_2_1.webp",
+            MANIFEST_NAME,
         ]
         check_entries_match_manifest(archive, folder_per_product=True)
         manifest = read_manifest(archive)
     assert len(manifest) == len(rows)
     assert [m["status"] for m in manifest].count("failed") == 2
-    assert [m for m in manifest if m["product"] == "P3"][0]["error"].endswith("(timeout)")
+    assert next(m for m in manifest if m["product"] == "P3")["error"].endswith("(timeout)")
     assert len(data) == zip_size(storage, rows, folder_per_product=True)
 
 
 def test_excel_unsafe_values_are_neutralised(storage: Storage) -> None:
-    row = done_row(storage, "SKU-9", 1, b"\xff\xd8\xff data", source_url="=HYPERLINK(\"x\")")
+    row = done_row(storage, "SKU-9", 1, b"\xff\xd8\xff data", source_url='=HYPERLINK("x")')
     rows = [
         row,
         ManifestRow("SKU-9", 2, "+cmd|' /C calc'!A0", "failed", error="=1+1 (http_400)"),
@@ -179,7 +252,10 @@ def test_excel_unsafe_values_are_neutralised(storage: Storage) -> None:
         manifest = read_manifest(archive)
         raw = archive.read(MANIFEST_NAME).decode()
     assert [m["source_url"] for m in manifest] == [
-        "'=HYPERLINK(\"x\")", "'+cmd|' /C calc'!A0", "'-2+3", "'\thttps://x",
+        '\'=HYPERLINK("x")',
+        "'+cmd|' /C calc'!A0",
+        "'-2+3",
+        "'\thttps://x",
     ]
     assert [m["error"] for m in manifest] == ["", "'=1+1 (http_400)", "'@SUM(A1)", "'\r=bad"]
     for line in csv.reader(io.StringIO(raw, newline="")):
@@ -278,10 +354,15 @@ def test_entry_names_are_sanitised(local: LocalStorage) -> None:
     data = build(local, rows, folder_per_product=True)
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         assert archive.namelist() == [
-            "_up/passwd", "SKU_7/SKU_7_1.jpg", "SKU-8/SKU-8_1.jpg", MANIFEST_NAME,
+            "_up/passwd",
+            "SKU_7/SKU_7_1.jpg",
+            "SKU-8/SKU-8_1.jpg",
+            MANIFEST_NAME,
         ]
         assert [m["file"] for m in read_manifest(archive)] == [
-            "passwd", "SKU_7_1.jpg", "SKU-8_1.jpg",
+            "passwd",
+            "SKU_7_1.jpg",
+            "SKU-8_1.jpg",
         ]
     assert len(data) == zip_size(local, rows, folder_per_product=True)
 
@@ -334,8 +415,23 @@ def shared_file_rows(local: LocalStorage, count: int) -> Iterator[ManifestRow]:
     publish(local, key, b"\x89PNG tiny")
     digest = hashlib.sha256(b"\x89PNG tiny").hexdigest()
     for n in range(1, count + 1):
-        yield ManifestRow(f"P{n // 100}", n, f"https://x/{n}", "done", f"P{n // 100}_{n}.png",
-                          digest, 9, "png", 1, 1, 200, 1, None, None, key)
+        yield ManifestRow(
+            f"P{n // 100}",
+            n,
+            f"https://x/{n}",
+            "done",
+            f"P{n // 100}_{n}.png",
+            digest,
+            9,
+            "png",
+            1,
+            1,
+            200,
+            1,
+            None,
+            None,
+            key,
+        )
 
 
 @pytest.mark.slow
@@ -422,8 +518,9 @@ def test_entry_over_4_gib_is_zip64(tmp_path: Path) -> None:
     size = 4 * 1024 * MIB + 12345
     storage = cast(Storage, ZeroStorage(size))
     rows = [
-        ManifestRow("BIG", 1, "https://x/big", "done", "BIG_1.png", None, size, "png",
-                    key="jobs/j/1/1.png"),
+        ManifestRow(
+            "BIG", 1, "https://x/big", "done", "BIG_1.png", None, size, "png", key="jobs/j/1/1.png"
+        ),
         ManifestRow("BIG", 2, "https://x/small", "failed", error="Too large (too_large)"),
     ]
     head = bytearray()

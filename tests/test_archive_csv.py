@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
 
 import pytest
 
@@ -67,7 +68,7 @@ def test_csv_rows_chunks_round_trip() -> None:
 def test_csv_is_produced_lazily_in_bounded_chunks() -> None:
     pulled = 0
 
-    def rows():  # type: ignore[no-untyped-def]
+    def rows() -> Iterator[list[object]]:
         nonlocal pulled
         for n in range(100_000):
             pulled += 1
@@ -89,17 +90,61 @@ def test_header_only_when_no_rows() -> None:
 
 def test_manifest_csv() -> None:
     rows = [
-        ManifestRow("SKU-1", 1, "https://x/1.jpg", "done", "SKU-1_1.jpg", "ab" * 32, 1234, "jpg",
-                    800, 600, 200, 1, None, None, key="jobs/j/1/1.jpg"),
-        ManifestRow("SKU-1", 2, "-https://x/2.jpg", "failed", error="+Refused (blocked_address)",
-                    attempts=3),
+        ManifestRow(
+            "SKU-1",
+            1,
+            "https://x/1.jpg",
+            "done",
+            "SKU-1_1.jpg",
+            "ab" * 32,
+            1234,
+            "jpg",
+            800,
+            600,
+            200,
+            1,
+            None,
+            None,
+            key="jobs/j/1/1.jpg",
+        ),
+        ManifestRow(
+            "SKU-1", 2, "-https://x/2.jpg", "failed", error="+Refused (blocked_address)", attempts=3
+        ),
     ]
     table = parse(list(manifest_csv_chunks(iter(rows))))
     assert table[0] == MANIFEST_COLUMNS
-    assert table[1] == ["SKU-1", "1", "https://x/1.jpg", "done", "SKU-1_1.jpg", "ab" * 32,
-                        "1234", "jpg", "800", "600", "200", "1", "", ""]
-    assert table[2] == ["SKU-1", "2", "'-https://x/2.jpg", "failed", "", "", "", "", "", "", "",
-                        "3", "'+Refused (blocked_address)", ""]
+    assert table[1] == [
+        "SKU-1",
+        "1",
+        "https://x/1.jpg",
+        "done",
+        "SKU-1_1.jpg",
+        "ab" * 32,
+        "1234",
+        "jpg",
+        "800",
+        "600",
+        "200",
+        "1",
+        "",
+        "",
+    ]
+    assert table[2] == [
+        "SKU-1",
+        "2",
+        "'-https://x/2.jpg",
+        "failed",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "3",
+        "'+Refused (blocked_address)",
+        "",
+    ]
     assert "key" not in table[0] and "jobs/j/1/1.jpg" not in str(table)
 
 

@@ -23,7 +23,8 @@ from downloader.storage import (
     image_key,
     make_storage,
 )
-from tests.support.s3server import s3_bucket, s3_client, s3_overrides, s3_server  # noqa: F401
+
+pytest_plugins = ["tests.support.s3server"]  # fixtures: s3_server, s3_overrides, ...
 
 BAD_KEYS = [
     "",
@@ -59,8 +60,12 @@ def publish(storage: Storage, key: str, data: bytes, content_type: str | None = 
 
 def dead_pid() -> int:
     """The pid of a process that has exited (and been reaped)."""
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return int(proc.stdout)
 
 
@@ -268,7 +273,7 @@ def test_local_check_fails_readably_when_not_writable(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     storage = LocalStorage(blocker / "media")
-    with pytest.raises(StorageError, match="MEDIA_ROOT .* is not writable"):
+    with pytest.raises(StorageError, match=r"MEDIA_ROOT .* is not writable"):
         storage.check()
 
 
@@ -293,10 +298,16 @@ def test_keys_never_escape_the_media_root(tmp_path: Path) -> None:
 def test_image_key() -> None:
     assert image_key("3f2a-9b", 12, 1, "jpg") == "jobs/3f2a-9b/12/1.jpg"
     assert check_key(image_key("job", 0, 99, "avif")) == "jobs/job/0/99.avif"
-    for bad in (("a/b", 1, 1, "jpg"), ("..", 1, 1, "jpg"), ("job", -1, 1, "jpg"),
-                ("job", 1, 0, "jpg"), ("job", 1, 1, "j/g"), ("job", 1, 1, "")):
+    for bad in (
+        ("a/b", 1, 1, "jpg"),
+        ("..", 1, 1, "jpg"),
+        ("job", -1, 1, "jpg"),
+        ("job", 1, 0, "jpg"),
+        ("job", 1, 1, "j/g"),
+        ("job", 1, 1, ""),
+    ):
         with pytest.raises(ValueError):
-            image_key(*bad)  # type: ignore[arg-type]
+            image_key(*bad)
 
 
 def test_make_storage_picks_the_backend(tmp_path: Path) -> None:
@@ -304,9 +315,15 @@ def test_make_storage_picks_the_backend(tmp_path: Path) -> None:
     assert isinstance(local, LocalStorage) and local.root == tmp_path
     with pytest.raises(StorageError, match="AWS_STORAGE_BUCKET_NAME"):
         make_storage(load_settings(media_backend="s3", aws_storage_bucket_name=None))
-    s3 = make_storage(load_settings(media_backend="s3", aws_storage_bucket_name="some-bucket",
-                                    aws_s3_endpoint_url="http://127.0.0.1:9",
-                                    aws_access_key_id="k", aws_secret_access_key="s"))
+    s3 = make_storage(
+        load_settings(
+            media_backend="s3",
+            aws_storage_bucket_name="some-bucket",
+            aws_s3_endpoint_url="http://127.0.0.1:9",
+            aws_access_key_id="k",
+            aws_secret_access_key="s",
+        )
+    )
     assert isinstance(s3, S3Storage)
     assert isinstance(s3, Storage) and isinstance(local, Storage)
 

@@ -16,7 +16,8 @@ import pytest
 
 from downloader.settings import load_settings
 from downloader.storage import S3Storage, StorageError, image_key, make_storage
-from tests.support.s3server import s3_bucket, s3_client, s3_overrides, s3_server  # noqa: F401
+
+pytest_plugins = ["tests.support.s3server"]  # fixtures: s3_server, s3_overrides, ...
 
 MIB = 1024 * 1024
 
@@ -42,7 +43,7 @@ def closed_port() -> int:
 
 def test_client_configuration(s3_overrides: dict[str, Any]) -> None:
     storage = s3_storage(s3_overrides)
-    config = storage.client.meta.config
+    config: Any = storage.client.meta.config
     assert config.request_checksum_calculation == "when_required"
     assert config.response_checksum_validation == "when_required"
     assert config.s3 == {"addressing_style": "path"}
@@ -155,8 +156,9 @@ def test_delete_prefix_pages_past_1000_objects(
     storage = s3_storage(s3_overrides)
     keys = [image_key("big", n // 100, n % 100 + 1, "jpg") for n in range(1105)]
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda k: s3_client.put_object(Bucket=storage.bucket, Key=k, Body=b"x"),
-                      keys))
+        list(
+            pool.map(lambda k: s3_client.put_object(Bucket=storage.bucket, Key=k, Body=b"x"), keys)
+        )
     storage.put(part_file(storage, b"keep"), image_key("other", 1, 1, "jpg"))
     assert storage.delete_prefix("jobs/big/") == 1105
     remaining = s3_client.list_objects_v2(Bucket=storage.bucket).get("Contents", [])

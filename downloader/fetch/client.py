@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 READ_BUFSIZE = 2**18  # aiohttp's per-response buffer high-water mark (its default is 64 KiB)
 DNS_CACHE_SECONDS = 30  # only vetted addresses are cached
+KEEPALIVE_SECONDS = 4.0  # idle pooled connections are closed before most servers close them
 
 
 class BlockedAddress(httpx.ConnectError):
@@ -166,6 +167,14 @@ class GuardedAiohttpTransport(httpx.AsyncBaseTransport):
         await self.session.close()
 
 
+class IgnoredCookies(httpx.Cookies):
+    """A cookie store that keeps nothing: images need no cookies, a big job would otherwise grow
+    the jar without bound, and skipping httpx's urllib-based cookie parsing saves time."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
 def ssl_context() -> ssl.SSLContext:
     """Certificate and host-name verification against certifi's CA bundle."""
     return ssl.create_default_context(cafile=certifi.where())
@@ -178,9 +187,10 @@ def build_session(settings: Settings, guard: Guard | None) -> aiohttp.ClientSess
         limit=settings.max_global_concurrency + 8,  # the fetcher's own slots are the real cap
         limit_per_host=0,
         ttl_dns_cache=DNS_CACHE_SECONDS,
+        keepalive_timeout=KEEPALIVE_SECONDS,
         ssl=ssl_context(),
     )
-    return aiohttp.ClientSession(
+    session = aiohttp.ClientSession(
         connector=connector,
         trust_env=False,
         auto_decompress=False,
@@ -189,6 +199,13 @@ def build_session(settings: Settings, guard: Guard | None) -> aiohttp.ClientSess
         raise_for_status=False,
         skip_auto_headers=("User-Agent",),
     )
+    # aiohttp silently re-sends an idempotent request once when the connection drops before
+    # the answer. The fetcher's retry policy owns re-sending (it counts attempts, backs off,
+    # feeds the circuit breaker), so turn that off; the short keep-alive above makes reusing
+    # a connection the server already closed unlikely.
+    if hasattr(session, "_retry_connection"):
+        session._retry_connection = False
+    return session
 
 
 def default_headers(settings: Settings) -> dict[str, str]:
@@ -202,7 +219,7 @@ def default_headers(settings: Settings) -> dict[str, str]:
 def build_client(settings: Settings, guard: Guard | None) -> httpx.AsyncClient:
     """httpx.AsyncClient over `GuardedAiohttpTransport` (call inside the event loop)."""
     transport = GuardedAiohttpTransport(build_session(settings, guard), guard)
-    return httpx.AsyncClient(
+    client = httpx.AsyncClient(
         transport=transport,
         headers=default_headers(settings),
         timeout=httpx.Timeout(
@@ -214,3 +231,7 @@ def build_client(settings: Settings, guard: Guard | None) -> httpx.AsyncClient:
         follow_redirects=False,
         trust_env=False,
     )
+    # The public `cookies` setter copies into a plain Cookies; set the store itself
+    # (tests/test_fetch.py checks that no cookie is kept).
+    client._cookies = IgnoredCookies()
+    return client

@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import hashlib
 import http
-import http.cookiejar
 import logging
 import os
 import zlib
@@ -96,16 +95,6 @@ class FetchStats:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
-
-
-class _NoCookies(http.cookiejar.CookieJar):
-    """Images need no cookies; keeping them would grow without bound over a big job."""
-
-    def extract_cookies(self, response: Any, request: Any) -> None:
-        return None
-
-    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
-        return None
 
 
 class _Fail(Exception):
@@ -260,7 +249,6 @@ class Fetcher:
     async def __aenter__(self) -> Fetcher:
         if self._client is None:
             self._client = build_client(self.settings, self.guard)
-            self._client.cookies.jar = _NoCookies()
         return self
 
     async def __aexit__(
@@ -645,7 +633,7 @@ class Fetcher:
         if refusal is not None:
             message = refusal.reason
             if refusal.code == "blocked_address":
-                message = f"Redirected to a blocked address: {message[0].lower()}{message[1:]}"
+                message = f"Redirected to a blocked address: {message}"
             return self._final(job, refusal.code, message, redirect.status, final_url=target)
         job.visited.add(target)
         job.current = redirect.url
@@ -706,7 +694,6 @@ def _short(exc: BaseException) -> str:
 
 
 def _sentence(reason: str) -> str:
-    reason = reason[:1].upper() + reason[1:]
     return reason if reason.endswith(".") else reason + "."
 
 

@@ -121,4 +121,3 @@ def image_info(path: Path, head: bytes) -> ImageInfo:
             f"{limit:,} allowed (a decompression bomb).",
         )
     return ImageInfo(fmt, width, height)
-

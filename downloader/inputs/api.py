@@ -98,11 +98,14 @@ def parse_path(
     )
 
 
-def sheet_names(data: bytes) -> list[str]:
-    """Worksheet names of an XLSX upload (for the sheet picker); [] for a text file."""
-    if sniff_kind(data, "upload") != "xlsx":
+def sheet_names(data: bytes, filename: str = "The file") -> list[str]:
+    """Worksheet names of an XLSX upload (for the sheet picker); [] for a text file.
+
+    ``filename`` only names the file in an InputError (damaged or encrypted workbook).
+    """
+    if sniff_kind(data, filename) != "xlsx":
         return []
-    return workbook.sheet_names(data, "upload.xlsx")
+    return workbook.sheet_names(data, filename)
 
 
 def sample_csv() -> str:
@@ -138,6 +141,7 @@ def _parse(
     positions = _filled_columns(raw)
     if not positions:
         raise InputError(f"{name} is empty.")
+    _check_cell_sizes(raw, positions)
     layout = apply_override(detect(_sample(raw, positions), positions), product_column, url_column)
     data = _used_columns(raw, layout)
     del raw
@@ -177,7 +181,16 @@ def _too_many(count: str, limit: int) -> InputError:
 
 def _filled_columns(raw: pd.DataFrame) -> list[int]:
     """Positions of columns holding anything but blanks (trailing empty columns drop out)."""
-    return [int(pos) for pos in raw.columns if raw[pos].str.contains(_NOT_BLANK).any()]
+    filled = []
+    for pos in raw.columns:
+        column = raw[pos]
+        nonempty = column[(column != "").to_numpy(dtype=bool)]
+        # Nearly always the first non-empty cells already show text; blanks-only is rare.
+        if (nonempty.iloc[:1000].str.strip(BLANKS) != "").any() or (
+            len(nonempty) > 1000 and nonempty.str.contains(_NOT_BLANK).any()
+        ):
+            filled.append(int(pos))
+    return filled
 
 
 def _sample(raw: pd.DataFrame, positions: list[int]) -> pd.DataFrame:
@@ -195,25 +208,28 @@ def _sample(raw: pd.DataFrame, positions: list[int]) -> pd.DataFrame:
     return raw.iloc[0:0][positions]
 
 
+def _check_cell_sizes(raw: pd.DataFrame, positions: list[int]) -> None:
+    """Refuse a table with a giant cell (a runaway quote, a pasted file) in one line."""
+    for pos in positions:
+        lengths = raw[pos].str.len().to_numpy()
+        where = int(lengths.argmax())
+        if lengths[where] > MAX_CELL_CHARS:
+            row = int(raw.index[where])
+            raise InputError(
+                f"Row {row} holds a cell of {int(lengths[where]):,} characters; a cell can hold "
+                f"at most {MAX_CELL_CHARS:,}."
+            )
+
+
 def _strip(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.apply(lambda column: column.str.strip(BLANKS))
-
 
 
 def _used_columns(raw: pd.DataFrame, layout: Layout) -> pd.DataFrame:
     """Product and URL columns of the data rows, stripped, blank rows dropped."""
     body = raw
     if layout.header_row is not None:
-        body = raw.iloc[int(raw.index.get_loc(layout.header_row)) + 1 :]
-    used = [layout.product, *layout.url_positions]
-    for pos in used:
-        longest = body[pos].str.len()
-        if len(longest) and int(longest.max()) > MAX_CELL_CHARS:
-            row = int(longest.idxmax())
-            raise InputError(
-                f"Row {row} holds a cell of {int(longest.max()):,} characters; a cell can hold "
-                f"at most {MAX_CELL_CHARS:,}."
-            )
+        body = raw.iloc[int(raw.index.searchsorted(layout.header_row, side="right")) :]
     data = pd.DataFrame(
         {"product": body[layout.product].str.strip(BLANKS).array}
         | {

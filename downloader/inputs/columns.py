@@ -22,6 +22,10 @@ IMAGE_SYNONYMS = ("imagesrc", "imageurl", "image", "variantimage")
 URL_SYNONYMS = (*IMAGE_SYNONYMS, "url")
 _WIDE = re.compile(r"^(imagesrc|imageurl|image|variantimage|url)(\d+)$")
 
+#: Header names longer than this are cut (for the dropdowns).
+MAX_NAME_CHARS = 100
+#: Title rows a header may have above it.
+MAX_TITLE_ROWS = 5
 #: How many non-blank data rows the content-based detection looks at.
 SAMPLE_ROWS = 1000
 #: Share of a column's non-empty cells that must look like URLs (or product numbers).
@@ -108,15 +112,21 @@ def detect(sample: pd.DataFrame, positions: list[int]) -> Layout:
     """
     if sample.empty or not positions:
         raise InputError("The input is empty.")
+    # The header is the first row naming a product or URL column; a report may put a title
+    # row or two above it, so a later row counts too when it names both (and no URL came yet).
+    for offset in range(min(MAX_TITLE_ROWS + 1, len(sample))):
+        row = sample.iloc[offset]
+        norms = {pos: normalize(str(row[pos])) for pos in positions}
+        names_product = any(norm in PRODUCT_SYNONYMS for norm in norms.values())
+        names_url = any(is_url_synonym(norm) for norm in norms.values() if norm)
+        if (names_product or names_url) if offset == 0 else (names_product and names_url):
+            header_row = int(sample.index[offset])
+            return _from_header(header_row, row, norms, sample.iloc[offset + 1 :], positions)
+        if any(re.match(URL_LIKE, str(row[pos])) for pos in positions):
+            break
     first_row = int(sample.index[0])
     first = sample.iloc[0]
-    norms = {pos: normalize(str(first[pos])) for pos in positions}
-    header_hit = any(
-        norm in PRODUCT_SYNONYMS or is_url_synonym(norm) for norm in norms.values() if norm
-    )
     rest = sample.iloc[1:]
-    if header_hit:
-        return _from_header(first_row, first, norms, rest, positions)
     # No synonym: the first row is a header only if it has words where the data has URLs.
     content_urls = _url_columns_by_content(rest, positions)
     if content_urls and all(
@@ -143,21 +153,22 @@ def _from_header(
 ) -> Layout:
     names = _header_names(first, positions)
     ambiguous = False
-    candidates = [pos for pos in positions if norms[pos] and is_url_synonym(norms[pos])]
-    if any(_is_image_synonym(norms[pos]) for pos in candidates):
-        candidates = [pos for pos in candidates if _is_image_synonym(norms[pos])]
-    # A column named like images whose cells are mostly not URLs is left out (when another
-    # one does hold URLs); a column still empty in the sample (Shopify's Variant Image) stays.
-    holding = []
-    for pos in candidates:
-        share, filled = _share(rest[pos], URL_LIKE)
-        if filled == 0 or share >= MAJORITY:
-            holding.append(pos)
-    if holding and any(_share(rest[pos], URL_LIKE)[1] for pos in holding):
-        candidates = holding
-    if not candidates:
+    named = [pos for pos in positions if norms[pos] and is_url_synonym(norms[pos])]
+    if any(_is_image_synonym(norms[pos]) for pos in named):
+        named = [pos for pos in named if _is_image_synonym(norms[pos])]
+    shares = {pos: _share(rest[pos], URL_LIKE) for pos in named}
+    if any(filled and share >= MAJORITY for share, filled in shares.values()):
+        # Named columns holding URLs, plus those still empty in the sample (Shopify's
+        # Variant Image); a named column of something else (file names) is left out.
+        candidates = [
+            pos for pos, (share, filled) in shares.items() if share >= MAJORITY or not filled
+        ]
+    else:
+        # No named column holds URLs: look for the URLs elsewhere before giving up.
         candidates = _url_columns_by_content(rest, positions)
-        ambiguous = True
+        ambiguous = bool(candidates)
+        if not candidates:
+            candidates = named  # all empty so far: the rows will say why
         if not candidates:
             raise _no_url_column()
     products = [
@@ -179,7 +190,7 @@ def _header_names(first: pd.Series, positions: list[int]) -> dict[int, str]:
     names: dict[int, str] = {}
     seen: dict[str, int] = {}
     for pos in positions:
-        name = " ".join(str(first[pos]).split()) or f"Column {column_letter(pos)}"
+        name = " ".join(str(first[pos]).split())[:MAX_NAME_CHARS] or f"Column {column_letter(pos)}"
         key = name.lower()
         if key in seen:
             seen[key] += 1

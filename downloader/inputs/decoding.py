@@ -17,8 +17,7 @@ from .model import InputError
 ZIP_MAGIC = b"PK\x03\x04"
 EMPTY_ZIP_MAGIC = b"PK\x05\x06"
 CFB_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # OLE2 compound file: encrypted .xlsx, old .xls
-WORKBOOK_SUFFIXES = frozenset({".xlsx", ".xlsm"})
-LEGACY_SUFFIXES = frozenset({".xls"})
+WORKBOOK_SUFFIXES = frozenset({".xlsx", ".xlsm", ".xls"})
 
 _SNIFF_BYTES = 65_536
 # Control characters that never occur in a real text table (tab, CR, LF and FF are fine).
@@ -34,9 +33,9 @@ def display_name(filename: str) -> str:
 
 
 def sniff_kind(data: bytes, filename: str) -> FileKind:
-    """Tell a workbook from a text table by the bytes, with the extension as a hint."""
+    """Tell a workbook from a text table by the bytes (a CSV saved as .xlsx or .xls, as some
+    web exports do, is read as the text it is)."""
     name = display_name(filename)
-    suffix = PurePath(name).suffix.lower()
     if not data:
         raise InputError(f"{name} is empty.")
     if data.startswith((ZIP_MAGIC, EMPTY_ZIP_MAGIC)):
@@ -46,10 +45,6 @@ def sniff_kind(data: bytes, filename: str) -> FileKind:
             f"{name} is a password-protected workbook or an old .xls file: open it in Excel "
             "and save it as .xlsx without a password."
         )
-    if suffix in WORKBOOK_SUFFIXES:
-        raise InputError(f"{name} is not a valid .xlsx workbook (the file is damaged).")
-    if suffix in LEGACY_SUFFIXES:
-        raise InputError(f"{name} is not a readable workbook: save it as .xlsx or .csv.")
     return "text"
 
 
@@ -137,6 +132,6 @@ def _looks_binary(sample: str) -> bool:
 
 
 def _not_text(name: str) -> InputError:
-    return InputError(
-        f"{name} is neither a text table (CSV, TSV) nor an Excel workbook (.xlsx)."
-    )
+    if PurePath(name).suffix.lower() in WORKBOOK_SUFFIXES:
+        return InputError(f"{name} is not a valid .xlsx workbook (the file is damaged).")
+    return InputError(f"{name} is neither a text table (CSV, TSV) nor an Excel workbook (.xlsx).")

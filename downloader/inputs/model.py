@@ -21,9 +21,6 @@ BLANKS = "".join(chr(code) for code in range(0x3001) if chr(code).isspace()) + "
 #: A regex character class of BLANKS (literal characters: RE2 and Python read it alike).
 BLANK_CLASS = "[" + BLANKS + "]"
 
-#: Columns of ParsedInput.frame, in order.
-FRAME_COLUMNS = ("product", "url", "position", "source_row")
-
 
 class InputError(ValueError):
     """The input cannot be used at all; ``str(exc)`` is one readable line for a person."""

@@ -82,7 +82,12 @@ def read_text_table(data: bytes, *, row_cap: int | None = None) -> pd.DataFrame:
         head = head[: head.rindex("\n")]
     delimiter = detect_delimiter(head)
     nrows = None if row_cap is None else row_cap + 1
+    # An odd number of quotes means one may never close: pyarrow would quietly read the rest
+    # of the text into that cell, pandas says which row it opens on.
+    balanced = data.count(b'"', 0, end) % 2 == 0
     try:
+        if not balanced:
+            raise pa.ArrowInvalid("unbalanced quotes")
         frame = _read_arrow(view, delimiter, nrows)
     except pa.ArrowInvalid:
         frame = _read_pandas(bytes(view), delimiter, nrows)
@@ -114,6 +119,8 @@ def _read_arrow(data: memoryview, delimiter: str, nrows: int | None) -> pd.DataF
     table = pa.Table.from_batches(batches, schema=reader.schema)
     if nrows is not None and table.num_rows > nrows:
         table = table.slice(0, nrows)
+    if any(field.type != pa.string() for field in table.schema):  # past _MAX_COLUMNS
+        table = table.cast(pa.schema([(field.name, pa.string()) for field in table.schema]))
     frame = table.to_pandas(types_mapper={pa.string(): STR_DTYPE}.get)
     return frame
 

@@ -82,6 +82,8 @@ def check(data: pd.DataFrame, url_columns: list[str]) -> Checked:
     """Validate the used columns of the non-blank data rows.
 
     ``data`` holds ``product`` and the URL columns (stripped text), indexed by source row.
+    Rows are never filtered one step at a time: masks are combined and the valid rows are
+    copied once, into the result.
     """
     rejected: list[tuple[int, int, RejectedRow]] = []  # (row, order, entry) for sorting
 
@@ -94,23 +96,27 @@ def check(data: pd.DataFrame, url_columns: list[str]) -> Checked:
         ):
             entry = RejectedRow(row, product_reason(product), shown(product), shown(url))
             rejected.append((row, 0, entry))
-        data = data[good_product]
 
     long = stack_urls(data, url_columns)
+    at = long["at"].to_numpy()
+    long_product_ok = good_product[at]
 
     # Rows with a product and no URL: normal for Shopify variant rows and wide layouts as long
     # as the product has images elsewhere; otherwise the product's first row says so.
-    with_url = np.isin(data.index.to_numpy(), long["source_row"].to_numpy())
-    if not with_url.all():
-        bare = data[~with_url]
-        bare = bare[~bare["product"].isin(long["product"].unique())]
+    has_url = np.zeros(len(data), dtype=bool)
+    has_url[at] = True
+    bare_mask = good_product & ~has_url
+    if bare_mask.any():
+        bare = data[bare_mask]
+        bare = bare[~bare["product"].isin(long["product"][long_product_ok].unique())]
         bare = bare[~bare["product"].duplicated()]
         for row, product in zip(bare.index.tolist(), bare["product"].tolist(), strict=True):
             rejected.append((row, 0, RejectedRow(row, NO_URL, shown(product), "")))
 
-    good_url = url_ok(long["url"])
-    if not good_url.all():
-        bad = long[~good_url]
+    valid = long_product_ok & url_ok(long["url"])
+    bad_url = long_product_ok & ~valid
+    if bad_url.any():
+        bad = long[bad_url]
         for order, (row, product, url) in enumerate(
             zip(
                 bad["source_row"].tolist(),
@@ -122,9 +128,8 @@ def check(data: pd.DataFrame, url_columns: list[str]) -> Checked:
         ):
             entry = RejectedRow(row, url_reason(url), shown(product), shown(url))
             rejected.append((row, order, entry))
-        long = long[good_url]
 
-    frame, duplicates = _deduplicate(long)
+    frame, duplicates = _deduplicate(long, valid)
     rejected.sort(key=lambda item: (item[0], item[1]))
     return Checked(frame, [entry for _, _, entry in rejected], duplicates)
 
@@ -136,34 +141,45 @@ def _joined_urls(rows: pd.DataFrame, url_columns: list[str]) -> list[str]:
     return [" ".join(cell for cell in row if cell) for row in cells]
 
 
-def _product_codes(products: pd.Series) -> tuple[np.ndarray, bool]:
-    """Codes numbering products by first appearance, and whether rows are grouped already.
+def _product_codes(products: pd.Series, valid: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Codes numbering the valid rows' products by first appearance (-1 for invalid rows),
+    and whether each product's rows come together already (then no sort is needed).
 
     The usual input lists each product's rows together; then the codes come from where the
     product changes, without hashing every row.
     """
     count = len(products)
-    if count == 0:
-        return np.zeros(0, dtype=np.int64), True
+    codes = np.full(count, -1, dtype=np.int64)
+    if not valid.any():
+        return codes, True
     values = products.array
-    changed = np.empty(count, dtype=bool)
-    changed[0] = True
-    changed[1:] = np.asarray(values[1:] != values[:-1], dtype=bool)
-    heads = pd.Series(values[np.flatnonzero(changed)])
+    where = np.flatnonzero(valid)
+    changed = np.ones(len(where), dtype=bool)
+    if valid.all():
+        changed[1:] = np.asarray(values[1:] != values[:-1], dtype=bool)
+    else:
+        kept = values[where]
+        changed[1:] = np.asarray(kept[1:] != kept[:-1], dtype=bool)
+    heads = pd.Series(values[where[changed]])
     if not heads.duplicated().any():
-        return np.cumsum(changed, dtype=np.int64) - 1, True
-    codes, _ = pd.factorize(products, sort=False)
-    return codes.astype(np.int64), False
+        codes[where] = np.cumsum(changed, dtype=np.int64) - 1
+        return codes, True
+    found, _ = pd.factorize(values[where], sort=False)
+    codes[where] = found
+    return codes, False
 
 
-def _deduplicate(long: pd.DataFrame) -> tuple[pd.DataFrame, list[RejectedRow]]:
-    """Drop repeated URLs within a product; number the rest 1..n; order by product."""
-    product_codes, grouped = _product_codes(long["product"])
+def _deduplicate(long: pd.DataFrame, valid: np.ndarray) -> tuple[pd.DataFrame, list[RejectedRow]]:
+    """Among the valid rows: drop repeated URLs within a product, number the rest 1..n
+    within their product, order by product (first appearance) then position."""
+    product_codes, grouped = _product_codes(long["product"], valid)
     url_codes, url_uniques = pd.factorize(long["url"], sort=False)
+    keep = valid.copy()
     duplicates: list[RejectedRow] = []
-    if len(url_uniques) < len(long):  # some URL appears twice (maybe for different products)
+    if len(url_uniques) < int(valid.sum()):  # some URL appears twice (maybe for two products)
         key = product_codes * max(len(url_uniques), 1) + url_codes
-        repeated = pd.Series(key).duplicated().to_numpy()
+        key[~valid] = -1 - np.flatnonzero(~valid)  # invalid rows never match anything
+        repeated = pd.Series(key).duplicated().to_numpy() & valid
         if repeated.any():
             rows = long["source_row"].to_numpy()
             first_row = pd.Series(rows).groupby(key).transform("first").to_numpy()
@@ -178,26 +194,25 @@ def _deduplicate(long: pd.DataFrame) -> tuple[pd.DataFrame, list[RejectedRow]]:
                 where = "earlier in the same row" if first == row else f"in row {first}"
                 reason = f"Duplicate URL (same as {where})"
                 duplicates.append(RejectedRow(row, reason, shown(product), shown(url)))
-            long = long[~repeated]
-            product_codes = product_codes[~repeated]
+            keep &= ~repeated
+    chosen = np.flatnonzero(keep)
     if not grouped:
-        order = np.argsort(product_codes, kind="stable")
-        long = long.iloc[order]
-        product_codes = product_codes[order]
-    codes = product_codes
-    # Codes are sorted now: a product's run starts where the code changes.
+        chosen = chosen[np.argsort(product_codes[chosen], kind="stable")]
+    codes = product_codes[chosen]
+    # Codes are in order now: a product's run starts where the code changes.
     if len(codes):
         starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
         run_start = np.repeat(starts, np.diff(np.r_[starts, len(codes)]))
     else:
         run_start = codes
     position = np.arange(len(codes), dtype=np.int64) - run_start + 1
+    picked = long if grouped and len(chosen) == len(long) else long.iloc[chosen]
     frame = pd.DataFrame(
         {
-            "product": long["product"].astype(str).array,
-            "url": long["url"].astype(str).array,
+            "product": picked["product"].astype(str).array,
+            "url": picked["url"].astype(str).array,
             "position": position,
-            "source_row": long["source_row"].to_numpy(dtype=np.int64),
+            "source_row": picked["source_row"].to_numpy(dtype=np.int64),
         },
         copy=False,
     )

@@ -8,17 +8,19 @@ workbook when it is installed (about ten times faster); openpyxl otherwise.
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
 
 from .decoding import display_name
 from .model import InputError
+from .tabular import STR_DTYPE
 
 try:  # optional: a Rust reader, much faster than openpyxl on big sheets
-    import python_calamine
+    python_calamine: Any = importlib.import_module("python_calamine")
 except ImportError:  # pragma: no cover - exercised when the package is absent
     python_calamine = None
 
@@ -69,37 +71,37 @@ def read_workbook_table(
     *,
     sheet: str | None = None,
     row_cap: int | None = None,
-    use_calamine: bool | None = None,
 ) -> pd.DataFrame:
     """Read one worksheet (the first unless ``sheet`` names another) into the raw table.
 
     ``row_cap`` bounds how many rows are read; ``row_cap + 1`` rows coming back means more.
     """
-    calamine = USE_CALAMINE if use_calamine is None else use_calamine
     nrows = None if row_cap is None else row_cap + 1
     rows = (
         _calamine_rows(data, filename, sheet, nrows)
-        if calamine
+        if USE_CALAMINE
         else _openpyxl_rows(data, filename, sheet, nrows)
     )
     return _rows_to_frame(rows)
 
 
-def _rows_to_frame(rows: Iterable[Sequence[Any]]) -> pd.DataFrame:
-    columns: list[list[str]] = []
-    count = 0
-    for row in rows:
-        for position, value in enumerate(row):
-            if position == len(columns):
-                columns.append([""] * count)
-            columns[position].append(value if type(value) is str else cell_text(value))
-        for position in range(len(row), len(columns)):
-            columns[position].append("")
-        count += 1
+def _rows_to_frame(rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
+    """Rows of cell values to the raw table: one str column per sheet column."""
+    width = max((len(row) for row in rows), default=0)
+    if any(len(row) != width for row in rows):
+        rows = [(*row, *([None] * (width - len(row)))) for row in rows]
+    columns = list(zip(*rows, strict=True)) if rows else []
+    del rows
+    arrays = {}
+    for position, cells in enumerate(columns):
+        if all(type(value) is str for value in cells):
+            texts: Sequence[object] = cells
+        else:
+            texts = [value if type(value) is str else cell_text(value) for value in cells]
+        arrays[position] = pd.array(texts, dtype=STR_DTYPE)
     # Trailing empty rows and columns are dropped later; keep the frame as the sheet is.
     frame = pd.DataFrame(
-        {position: pd.Series(values, dtype=str) for position, values in enumerate(columns)},
-        index=pd.RangeIndex(1, count + 1),
+        arrays, index=pd.RangeIndex(1, len(columns[0]) + 1 if columns else 1), copy=False
     )
     frame.columns = pd.RangeIndex(len(columns))
     return frame
@@ -131,7 +133,7 @@ def _calamine_open(data: bytes, filename: str) -> Any:
 
 
 def _calamine_worksheets(workbook: Any) -> list[str]:
-    worksheet = python_calamine.SheetTypeEnum.WorkSheet  # type: ignore[union-attr]
+    worksheet = python_calamine.SheetTypeEnum.WorkSheet
     return [meta.name for meta in workbook.sheets_metadata if meta.typ == worksheet]
 
 

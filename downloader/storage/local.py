@@ -124,9 +124,12 @@ class LocalStorage:
             self.root.mkdir(parents=True, exist_ok=True)
             temp = self.temp_dir()
             fd, probe = tempfile.mkstemp(prefix=f"{os.getpid()}-", suffix=".part", dir=temp)
-            with os.fdopen(fd, "wb") as out:
-                out.write(b"probe")
-            os.replace(probe, probe_target)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(b"probe")
+                os.replace(probe, probe_target)
+            finally:
+                Path(probe).unlink(missing_ok=True)
             if probe_target.read_bytes() != b"probe":
                 raise StorageError(f"MEDIA_ROOT {self.root} returned different bytes than written")
             probe_target.unlink()

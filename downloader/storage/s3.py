@@ -28,6 +28,7 @@ from downloader.storage.base import (
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
 DEFAULT_MULTIPART_THRESHOLD = 8 * 1024 * 1024
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's smallest allowed part (except the last one)
@@ -174,12 +175,14 @@ class S3Storage:
         try:
             paginator = self._client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                objects = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+                objects: list[ObjectIdentifierTypeDef] = [
+                    {"Key": item["Key"]} for item in page.get("Contents", [])
+                ]
                 if not objects:
                     continue
                 response = self._client.delete_objects(
                     Bucket=self.bucket,
-                    Delete={"Objects": objects, "Quiet": True},  # type: ignore[typeddict-item]
+                    Delete={"Objects": objects, "Quiet": True},
                 )
                 errors = response.get("Errors", [])
                 if errors:

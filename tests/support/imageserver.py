@@ -41,6 +41,7 @@ Fixture: ``image_server`` (function scope). Import it into a test module
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import functools
 import gzip
@@ -71,8 +72,17 @@ FORMATS = {
     "avif": ("AVIF", "image/avif"),
     "gif": ("GIF", "image/gif"),
 }
-EXTENSION = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp", "avif": "avif", "gif": "gif"}
-HTML_PAGE = b"<!DOCTYPE html>\n<html><head><title>Not found</title></head><body>nope</body></html>\n"
+EXTENSION = {
+    "jpg": "jpg",
+    "jpeg": "jpg",
+    "png": "png",
+    "webp": "webp",
+    "avif": "avif",
+    "gif": "gif",
+}
+HTML_PAGE = (
+    b"<!DOCTYPE html>\n<html><head><title>Not found</title></head><body>nope</body></html>\n"
+)
 
 
 # -- content ----------------------------------------------------------------------------------
@@ -228,6 +238,8 @@ class _HTTPServer(ThreadingHTTPServer):
     @property
     def host(self) -> str:
         address, port = self.server_address[:2]
+        if isinstance(address, bytes):
+            address = address.decode()
         return f"{address}:{port}"
 
 
@@ -302,10 +314,8 @@ class ImageServer:
         with self._lock:
             connections = list(self._connections)
         for conn in connections:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         for thread in self._threads:
             thread.join(timeout=5)
 
@@ -357,7 +367,9 @@ class ImageServer:
         with self._lock:
             return list(self._records)
 
-    def requests_to(self, path: str | None = None, host: int | str | None = None) -> list[RequestRecord]:
+    def requests_to(
+        self, path: str | None = None, host: int | str | None = None
+    ) -> list[RequestRecord]:
         wanted_host = None if host is None else self.host(host)
         return [
             r

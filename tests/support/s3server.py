@@ -1,16 +1,20 @@
 """A real S3 HTTP endpoint on loopback (moto's server mode) for tests.
 
-Use it from any test module:
+Register the fixtures once per test module (or once in tests/conftest.py):
 
-    from tests.support.s3server import s3_overrides, s3_server  # noqa: F401  (fixtures)
+    pytest_plugins = ["tests.support.s3server"]
 
     def test_something(s3_overrides):
         settings = load_settings(**s3_overrides, database_url=...)
 
+(Importing the fixture functions into a module also works, but ruff then reports F811 on
+every test that takes them as arguments.)
+
 `s3_server` (session scope) is the endpoint URL, e.g. "http://127.0.0.1:45123".
 `s3_overrides` (per test) creates a fresh, empty bucket and yields the `load_settings`
 keyword arguments that point at it (media_backend, bucket, endpoint, dummy credentials).
-`s3_client` is a boto3 client for that server (to inspect objects directly).
+`s3_bucket` is that bucket's name; `s3_client` a boto3 client for the server (to inspect
+objects directly). The bucket and its local temp dir are removed after the test.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from moto.server import ThreadedMotoServer
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 ACCESS_KEY = "testing-access-key"
-SECRET_KEY = "testing-secret-key"  # noqa: S105 - moto accepts anything
+SECRET_KEY = "testing-secret-key"
 REGION = "us-east-1"
 
 
