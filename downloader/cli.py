@@ -38,7 +38,9 @@ class CliError(Exception):
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(message)s"
+    )
     try:
         return int(args.handler(args))
     except (CliError, InputError, SettingsError, jobs.JobNotFound) as exc:
@@ -198,9 +200,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     processes = _process_count(args, services, jobs.job_counts(services.db, job_id).pending)
     share = 1.0 / processes
     helpers = [_spawn_helper(args, services, job_id, share) for _ in range(processes - 1)]
-    engine = Engine(services.db, services.storage, services.settings, kind="run", job_id=job_id, share=share)
+    engine = Engine(
+        services.db, services.storage, services.settings, kind="run", job_id=job_id, share=share
+    )
     stop_requested = _install_stop_handlers(engine, helpers)
-    thread = threading.Thread(target=run_engine_until_stopped, args=(engine,), kwargs={"until_idle": True})
+    thread = threading.Thread(
+        target=run_engine_until_stopped, args=(engine,), kwargs={"until_idle": True}
+    )
     thread.start()
     _show_progress(services, job_id, thread, quiet=args.quiet)
     thread.join()
@@ -218,12 +224,26 @@ def _process_count(args: argparse.Namespace, services: Services, pending: int) -
     return max(1, min(wanted, useful))
 
 
-def _spawn_helper(args: argparse.Namespace, services: Services, job_id: str, share: float) -> subprocess.Popen[bytes]:
+def _spawn_helper(
+    args: argparse.Namespace, services: Services, job_id: str, share: float
+) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env["DATABASE_URL"] = services.settings.database_url
     env["MEDIA_ROOT"] = services.settings.media_root
-    command = [sys.executable, "-m", "downloader", "worker", "--job", job_id, "--until-idle", "--share", str(share)]
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+    command = [
+        sys.executable,
+        "-m",
+        "downloader",
+        "worker",
+        "--job",
+        job_id,
+        "--until-idle",
+        "--share",
+        str(share),
+    ]
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent
+    )
 
 
 def _die_with_parent() -> None:
@@ -238,7 +258,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def _install_stop_handlers(engine: Engine, helpers: list[subprocess.Popen[bytes]]) -> threading.Event:
+def _install_stop_handlers(
+    engine: Engine, helpers: list[subprocess.Popen[bytes]]
+) -> threading.Event:
     stop_requested = threading.Event()
 
     def handle(signum: int, _frame: object) -> None:
@@ -252,7 +274,9 @@ def _install_stop_handlers(engine: Engine, helpers: list[subprocess.Popen[bytes]
     return stop_requested
 
 
-def _show_progress(services: Services, job_id: str, thread: threading.Thread, *, quiet: bool) -> None:
+def _show_progress(
+    services: Services, job_id: str, thread: threading.Thread, *, quiet: bool
+) -> None:
     if quiet:
         thread.join()
         return
@@ -308,7 +332,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         # `run`'s helper processes have a fixed share and do not count as deployment workers
         kind="run" if args.job else "worker",
         job_id=args.job,
-        share=args.share
+        share=args.share,
     )
 
     def handle(signum: int, _frame: object) -> None:
@@ -317,7 +341,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     run_engine_until_stopped(engine, until_idle=args.until_idle)
-    _emit({"worker_id": engine.worker_id, "images": engine.stats.finished, "failed": engine.stats.failed})
+    _emit(
+        {
+            "worker_id": engine.worker_id,
+            "images": engine.stats.finished,
+            "failed": engine.stats.failed,
+        }
+    )
     return EXIT_OK
 
 
@@ -340,5 +370,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     for check in checks:
         print(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}", file=sys.stderr)
     healthy = all(c.ok for c in checks)
-    _emit({"healthy": healthy, "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks}})
+    _emit(
+        {"healthy": healthy, "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks}}
+    )
     return EXIT_OK if healthy else EXIT_UNHEALTHY

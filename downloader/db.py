@@ -12,9 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, Result, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlmodel import Session
 
@@ -71,6 +69,11 @@ class Database:
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration; safe when several processes start."""
+        if self.schema_is_current():
+            return  # the common start: skip importing Alembic (a second of CPU)
+        from alembic import command
+        from alembic.config import Config
+
         with self.write_engine.connect() as conn:
             if self.is_postgres:
                 conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
@@ -84,6 +87,14 @@ class Database:
                 if self.is_postgres:
                     conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_MIGRATION_LOCK})
                     conn.commit()
+
+    def schema_is_current(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except Exception:
+            return False  # no schema yet
+        return current == newest_revision()
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
@@ -111,8 +122,19 @@ def _install_sqlite_pragmas(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def newest_revision() -> str:
+    """The head revision id, read from the migration files' names (NNNN_description.py)."""
+    names = sorted(p.name for p in (MIGRATIONS_DIR / "versions").glob("[0-9]*.py"))
+    return names[-1].split("_", 1)[0]
+
+
 def open_database(url: str, *, migrate: bool = True) -> Database:
     database = Database(url)
     if migrate:
         database.migrate()
     return database
+
+
+def rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE/DELETE touched (Session.execute is typed as returning a plain Result)."""
+    return int(getattr(result, "rowcount", 0) or 0)

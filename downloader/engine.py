@@ -155,13 +155,7 @@ class Engine:
             wanted = min(self.settings.claim_batch_size, max(1, self._capacity // 4))
             if not self._standby and room >= wanted:
                 claims = await anyio.to_thread.run_sync(
-                    lambda: queue.claim(
-                        self.db,
-                        self.worker_id,
-                        min(room, self.settings.claim_batch_size),
-                        lease,
-                        job_id=self.job_id,
-                    )
+                    self._claim, min(room, self.settings.claim_batch_size)
                 )
                 for item in claims:
                     self._in_flight[item.image_id] = item
@@ -170,18 +164,24 @@ class Engine:
                 if claims:
                     idle_sleep = 0.05
                     continue
-                if until_idle and not self._in_flight and not self._results:
-                    if not await anyio.to_thread.run_sync(self._job_has_pending):
-                        return
+                if (
+                    until_idle
+                    and not self._in_flight
+                    and not self._results
+                    and not await anyio.to_thread.run_sync(self._job_has_pending)
+                ):
+                    return
                 idle_sleep = min(idle_sleep * 2, 1.0)
             if time.monotonic() - last_reap > lease / 2:
                 last_reap = time.monotonic()
-                reaped = await anyio.to_thread.run_sync(
-                    queue.reap_dead_workers, self.db, lease * 2
-                )
+                reaped = await anyio.to_thread.run_sync(queue.reap_dead_workers, self.db, lease * 2)
                 if reaped:
                     await anyio.to_thread.run_sync(self.storage.clean_temp)
             await anyio.sleep(idle_sleep if not self._in_flight else 0.02)
+
+    def _claim(self, limit: int) -> list[Claim]:
+        lease = self.settings.worker_lease_seconds
+        return queue.claim(self.db, self.worker_id, limit, lease, job_id=self.job_id)
 
     def _job_has_pending(self) -> bool:
         if self.job_id is None:

@@ -37,18 +37,28 @@ def system_check(services: Services, *, engine_expected: bool | None = None) -> 
         root.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(root).free
         checks.append(
-            Check("Free disk", free >= MIN_FREE_DISK_BYTES, f"{free / 2**30:.1f} GiB free under {root}")
+            Check(
+                "Free disk",
+                free >= MIN_FREE_DISK_BYTES,
+                f"{free / 2**30:.1f} GiB free under {root}",
+            )
         )
     expected = settings.embedded_worker if engine_expected is None else engine_expected
     try:
         workers = jobs.live_workers(services.db, stale_after=settings.worker_lease_seconds * 2)
         if workers:
             newest = max(w.heartbeat_at for w in workers)
-            detail = f"{len(workers)} live engine(s); last heartbeat {time.time() - newest:.0f} s ago"
+            detail = (
+                f"{len(workers)} live engine(s); last heartbeat {time.time() - newest:.0f} s ago"
+            )
             checks.append(Check("Engine", True, detail))
         else:
             checks.append(
-                Check("Engine", not expected, "No engine is running" + ("" if expected else " (external workers expected)"))
+                Check(
+                    "Engine",
+                    not expected,
+                    "No engine is running" + ("" if expected else " (external workers expected)"),
+                )
             )
     except Exception as exc:
         checks.append(Check("Engine", False, f"Cannot read workers: {exc}"))

@@ -11,9 +11,10 @@ import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
-from sqlalchemy import case, delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, case, delete, func, insert, or_, select, update
 
 from downloader import queue
 from downloader.archive import (
@@ -23,17 +24,19 @@ from downloader.archive import (
     manifest_csv_chunks,
     stream_zip,
 )
-from downloader.db import Database
+from downloader.db import Database, rowcount
 from downloader.inputs import ParsedInput
 from downloader.models import (
+    IMAGE,
+    JOB,
     PENDING_IMAGE_STATUSES,
-    Image,
+    PRODUCT,
+    REJECTED_ROW,
+    WORKER,
     ImageStatus,
     Job,
     JobPublic,
     JobStatus,
-    Product,
-    RejectedRow,
     Worker,
 )
 from downloader.storage import Storage
@@ -118,8 +121,8 @@ def check_rate_limit(db: Database, created_by: str, per_minute: int) -> None:
     with db.read() as session:
         recent = session.execute(
             select(func.count())
-            .select_from(Job)
-            .where(Job.created_by == created_by, Job.created_at > time.time() - 60)  # type: ignore[arg-type]
+            .select_from(JOB)
+            .where(JOB.c.created_by == created_by, JOB.c.created_at > time.time() - 60)
         ).scalar_one()
     if recent >= per_minute:
         raise RateLimited(
@@ -174,12 +177,14 @@ def _insert_products_and_images(session: object, job_id: str, frame: pd.DataFram
         for i, (number, count) in enumerate(products.items())
     ]
     for start in range(0, len(product_rows), INSERT_CHUNK):
-        conn.execute(insert(Product), product_rows[start : start + INSERT_CHUNK])
+        conn.execute(insert(PRODUCT), product_rows[start : start + INSERT_CHUNK])
     ids = dict(
-        conn.execute(select(Product.number, Product.id).where(Product.job_id == job_id)).all()  # type: ignore[arg-type]
+        conn.execute(select(PRODUCT.c.number, PRODUCT.c.id).where(PRODUCT.c.job_id == job_id)).all()
     )
     hosts = (
-        frame["url"].str.extract(r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^/?#]*)")[0].str.lower()
+        frame["url"]
+        .str.extract(r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^/?#]*)")[0]
+        .str.lower()
     )
     now = time.time()
     image_frame = pd.DataFrame(
@@ -199,17 +204,16 @@ def _insert_products_and_images(session: object, job_id: str, frame: pd.DataFram
     for start in range(0, len(image_frame), INSERT_CHUNK):
         chunk = image_frame.iloc[start : start + INSERT_CHUNK]
         records = [
-            dict(zip(columns, row, strict=True))
-            for row in chunk.itertuples(index=False, name=None)
+            dict(zip(columns, row, strict=True)) for row in chunk.itertuples(index=False, name=None)
         ]
-        conn.execute(insert(Image), _plain(records))
+        conn.execute(insert(IMAGE), _plain(records))
 
 
-def _plain(records: list[dict[str, object]]) -> list[dict[str, object]]:
+def _plain(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     # numpy scalars -> Python scalars for the DB drivers
     for record in records:
         for key in ("product_id", "position", "source_row", "attempts"):
-            record[key] = int(record[key])  # type: ignore[call-overload]
+            record[key] = int(record[key])
     return records
 
 
@@ -231,18 +235,18 @@ def _insert_rejected(session: object, job_id: str, parsed: ParsedInput) -> None:
     ]
     conn = session.connection()
     for start in range(0, len(rows), INSERT_CHUNK):
-        conn.execute(insert(RejectedRow), rows[start : start + INSERT_CHUNK])
+        conn.execute(insert(REJECTED_ROW), rows[start : start + INSERT_CHUNK])
 
 
 def find_unfinished_job(db: Database, fingerprint: str) -> str | None:
     with db.read() as session:
         row = session.execute(
-            select(Job.id)
+            select(JOB.c.id)
             .where(
-                Job.input_sha256 == fingerprint,  # type: ignore[arg-type]
-                Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED]),  # type: ignore[attr-defined]
+                JOB.c.input_sha256 == fingerprint,
+                JOB.c.status.in_([JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED]),
             )
-            .order_by(Job.created_at.desc())  # type: ignore[attr-defined]
+            .order_by(JOB.c.created_at.desc())
             .limit(1)
         ).first()
     return row[0] if row else None
@@ -262,9 +266,9 @@ def get_job(db: Database, job_id: str) -> JobPublic:
 def job_counts(db: Database, job_id: str) -> JobCounts:
     with db.read() as session:
         rows = session.execute(
-            select(Image.status, func.count())
-            .where(Image.job_id == job_id)  # type: ignore[arg-type]
-            .group_by(Image.status)
+            select(IMAGE.c.status, func.count())
+            .where(IMAGE.c.job_id == job_id)
+            .group_by(IMAGE.c.status)
         ).all()
     counts = JobCounts()
     for status, count in rows:
@@ -295,21 +299,24 @@ def list_jobs(
     limit: int = 100,
 ) -> list[JobListItem]:
     with db.read() as session:
-        query = select(Job).order_by(Job.created_at.desc()).limit(limit)  # type: ignore[attr-defined]
+        query = select(Job).order_by(JOB.c.created_at.desc()).limit(limit)
         if statuses:
-            query = query.where(Job.status.in_(statuses))  # type: ignore[attr-defined]
+            query = query.where(JOB.c.status.in_(statuses))
         if text:
             pattern = f"%{text.strip()}%"
             query = query.where(
-                or_(Job.name.ilike(pattern), Job.source.ilike(pattern), Job.id.ilike(pattern))  # type: ignore[attr-defined]
+                or_(JOB.c.name.ilike(pattern), JOB.c.source.ilike(pattern), JOB.c.id.ilike(pattern))
             )
-        jobs = [JobPublic.model_validate(j, from_attributes=True) for j in session.execute(query).scalars()]
+        jobs = [
+            JobPublic.model_validate(j, from_attributes=True)
+            for j in session.execute(query).scalars()
+        ]
         if not jobs:
             return []
         rows = session.execute(
-            select(Image.job_id, Image.status, func.count())
-            .where(Image.job_id.in_([j.id for j in jobs]))  # type: ignore[attr-defined]
-            .group_by(Image.job_id, Image.status)
+            select(IMAGE.c.job_id, IMAGE.c.status, func.count())
+            .where(IMAGE.c.job_id.in_([j.id for j in jobs]))
+            .group_by(IMAGE.c.job_id, IMAGE.c.status)
         ).all()
     counts: dict[str, JobCounts] = {j.id: JobCounts() for j in jobs}
     for job_id, status, count in rows:
@@ -328,13 +335,14 @@ def product_progress(
     offset: int = 0,
 ) -> pd.DataFrame:
     """One row per product: images, counts by state, progress 0..1, and a status word."""
-    def count_of(*states: ImageStatus) -> object:
-        return func.sum(case((Image.status.in_(states), 1), else_=0))  # type: ignore[attr-defined]
+
+    def count_of(*states: ImageStatus) -> ColumnElement[Any]:
+        return func.sum(case((IMAGE.c.status.in_(states), 1), else_=0))
 
     with db.read() as session:
         agg = (
             select(
-                Image.product_id,
+                IMAGE.c.product_id,
                 func.count().label("images"),
                 count_of(ImageStatus.DONE).label("done"),
                 count_of(ImageStatus.DUPLICATE).label("duplicate"),
@@ -342,18 +350,18 @@ def product_progress(
                 count_of(ImageStatus.SKIPPED).label("skipped"),
                 count_of(*PENDING_IMAGE_STATUSES).label("pending"),
             )
-            .where(Image.job_id == job_id)  # type: ignore[arg-type]
-            .group_by(Image.product_id)
+            .where(IMAGE.c.job_id == job_id)
+            .group_by(IMAGE.c.product_id)
             .subquery()
         )
         query = (
-            select(Product.number.label("product"), agg)  # type: ignore[attr-defined]
-            .join(agg, agg.c.product_id == Product.id)
-            .where(Product.job_id == job_id)  # type: ignore[arg-type]
-            .order_by(Product.position)
+            select(PRODUCT.c.number.label("product"), agg)
+            .join(agg, agg.c.product_id == PRODUCT.c.id)
+            .where(PRODUCT.c.job_id == job_id)
+            .order_by(PRODUCT.c.position)
         )
         if text:
-            query = query.where(Product.number.ilike(f"%{text.strip()}%"))  # type: ignore[attr-defined]
+            query = query.where(PRODUCT.c.number.ilike(f"%{text.strip()}%"))
         if only_problems:
             query = query.where(agg.c.failed > 0)
         if limit is not None:
@@ -375,7 +383,9 @@ def product_numbers(db: Database, job_id: str) -> list[str]:
     with db.read() as session:
         return list(
             session.execute(
-                select(Product.number).where(Product.job_id == job_id).order_by(Product.position)  # type: ignore[arg-type]
+                select(PRODUCT.c.number)
+                .where(PRODUCT.c.job_id == job_id)
+                .order_by(PRODUCT.c.position)
             ).scalars()
         )
 
@@ -383,9 +393,9 @@ def product_numbers(db: Database, job_id: str) -> list[str]:
 def error_summary(db: Database, job_id: str) -> dict[str, int]:
     with db.read() as session:
         rows = session.execute(
-            select(Image.error_code, func.count())
-            .where(Image.job_id == job_id, Image.status == ImageStatus.FAILED)  # type: ignore[arg-type]
-            .group_by(Image.error_code)
+            select(IMAGE.c.error_code, func.count())
+            .where(IMAGE.c.job_id == job_id, IMAGE.c.status == ImageStatus.FAILED)
+            .group_by(IMAGE.c.error_code)
             .order_by(func.count().desc())
         ).all()
     return {code or "unknown": int(count) for code, count in rows}
@@ -405,39 +415,47 @@ def failed_images(
     with db.read() as session:
         query = (
             select(
-                Product.number.label("product"),  # type: ignore[attr-defined]
-                Image.position,
-                Image.url,
-                Image.error_code,
-                Image.error,
-                Image.http_status,
-                Image.attempts,
+                PRODUCT.c.number.label("product"),
+                IMAGE.c.position,
+                IMAGE.c.url,
+                IMAGE.c.error_code,
+                IMAGE.c.error,
+                IMAGE.c.http_status,
+                IMAGE.c.attempts,
             )
-            .join(Product, Product.id == Image.product_id)  # type: ignore[arg-type]
-            .where(Image.job_id == job_id, Image.status == ImageStatus.FAILED)  # type: ignore[arg-type]
-            .order_by(Product.position, Image.position)
+            .join(PRODUCT, PRODUCT.c.id == IMAGE.c.product_id)
+            .where(IMAGE.c.job_id == job_id, IMAGE.c.status == ImageStatus.FAILED)
+            .order_by(PRODUCT.c.position, IMAGE.c.position)
         )
         if error_code:
-            query = query.where(Image.error_code == error_code)  # type: ignore[arg-type]
+            query = query.where(IMAGE.c.error_code == error_code)
         if text:
             pattern = f"%{text.strip()}%"
-            query = query.where(or_(Product.number.ilike(pattern), Image.url.ilike(pattern)))  # type: ignore[attr-defined]
+            query = query.where(or_(PRODUCT.c.number.ilike(pattern), IMAGE.c.url.ilike(pattern)))
         if limit is not None:
             query = query.limit(limit)
         rows = session.execute(query).all()
     return pd.DataFrame(rows, columns=FAILED_COLUMNS)
 
 
-def rejected_rows(db: Database, job_id: str, *, kind: str | None = None, limit: int = 1000) -> pd.DataFrame:
+def rejected_rows(
+    db: Database, job_id: str, *, kind: str | None = None, limit: int = 1000
+) -> pd.DataFrame:
     with db.read() as session:
         query = (
-            select(RejectedRow.row, RejectedRow.kind, RejectedRow.reason, RejectedRow.product, RejectedRow.url)
-            .where(RejectedRow.job_id == job_id)  # type: ignore[arg-type]
-            .order_by(RejectedRow.row)
+            select(
+                REJECTED_ROW.c.row,
+                REJECTED_ROW.c.kind,
+                REJECTED_ROW.c.reason,
+                REJECTED_ROW.c.product,
+                REJECTED_ROW.c.url,
+            )
+            .where(REJECTED_ROW.c.job_id == job_id)
+            .order_by(REJECTED_ROW.c.row)
             .limit(limit)
         )
         if kind:
-            query = query.where(RejectedRow.kind == kind)  # type: ignore[arg-type]
+            query = query.where(REJECTED_ROW.c.kind == kind)
         rows = session.execute(query).all()
     return pd.DataFrame(rows, columns=["row", "kind", "reason", "product", "url"])
 
@@ -460,18 +478,18 @@ def product_images(db: Database, job_id: str, product: str, *, limit: int = 200)
     with db.read() as session:
         rows = session.execute(
             select(
-                Image.position,
-                Image.status,
-                Image.storage_key,
-                Image.width,
-                Image.height,
-                Image.format,
-                Image.size_bytes,
-                Image.error,
+                IMAGE.c.position,
+                IMAGE.c.status,
+                IMAGE.c.storage_key,
+                IMAGE.c.width,
+                IMAGE.c.height,
+                IMAGE.c.format,
+                IMAGE.c.size_bytes,
+                IMAGE.c.error,
             )
-            .join(Product, Product.id == Image.product_id)  # type: ignore[arg-type]
-            .where(Product.job_id == job_id, Product.number == product)  # type: ignore[arg-type]
-            .order_by(Image.position)
+            .join(PRODUCT, PRODUCT.c.id == IMAGE.c.product_id)
+            .where(PRODUCT.c.job_id == job_id, PRODUCT.c.number == product)
+            .order_by(IMAGE.c.position)
             .limit(limit)
         ).all()
     return [
@@ -495,8 +513,8 @@ def live_workers(db: Database, stale_after: float = 90) -> list[Worker]:
     with db.read() as session:
         rows = session.execute(
             select(Worker)
-            .where(Worker.heartbeat_at > time.time() - stale_after)  # type: ignore[arg-type]
-            .order_by(Worker.started_at)
+            .where(WORKER.c.heartbeat_at > time.time() - stale_after)
+            .order_by(WORKER.c.started_at)
         ).scalars()
         return [Worker.model_validate(w, from_attributes=True) for w in rows]
 
@@ -518,15 +536,22 @@ def resume_job(db: Database, job_id: str) -> bool:
 def cancel_job(db: Database, job_id: str) -> bool:
     """Stop a job: queued images become skipped; downloads already running finish."""
     with db.write() as session:
-        changed = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED]))  # type: ignore[arg-type, attr-defined]
-            .values(status=JobStatus.CANCELLED, finished_at=time.time())
-        ).rowcount
+        changed = rowcount(
+            session.execute(
+                update(JOB)
+                .where(
+                    JOB.c.id == job_id,
+                    JOB.c.status.in_([JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED]),
+                )
+                .values(status=JobStatus.CANCELLED, finished_at=time.time())
+            )
+        )
         session.execute(
-            update(Image)
-            .where(Image.job_id == job_id, Image.status == ImageStatus.QUEUED)  # type: ignore[arg-type]
-            .values(status=ImageStatus.SKIPPED, error_code="cancelled", error="The job was cancelled.")
+            update(IMAGE)
+            .where(IMAGE.c.job_id == job_id, IMAGE.c.status == ImageStatus.QUEUED)
+            .values(
+                status=ImageStatus.SKIPPED, error_code="cancelled", error="The job was cancelled."
+            )
         )
     return bool(changed)
 
@@ -534,15 +559,20 @@ def cancel_job(db: Database, job_id: str) -> bool:
 def retry_failed(db: Database, job_id: str) -> int:
     """Queue failed (and skipped) images again and reopen the job."""
     with db.write() as session:
-        count = session.execute(
-            update(Image)
-            .where(Image.job_id == job_id, Image.status.in_([ImageStatus.FAILED, ImageStatus.SKIPPED]))  # type: ignore[arg-type, attr-defined]
-            .values(status=ImageStatus.QUEUED, error_code=None, error=None, http_status=None)
-        ).rowcount
+        count = rowcount(
+            session.execute(
+                update(IMAGE)
+                .where(
+                    IMAGE.c.job_id == job_id,
+                    IMAGE.c.status.in_([ImageStatus.FAILED, ImageStatus.SKIPPED]),
+                )
+                .values(status=ImageStatus.QUEUED, error_code=None, error=None, http_status=None)
+            )
+        )
         if count:
             session.execute(
-                update(Job)
-                .where(Job.id == job_id)  # type: ignore[arg-type]
+                update(JOB)
+                .where(JOB.c.id == job_id)
                 .values(status=JobStatus.RUNNING, finished_at=None)
             )
     return int(count or 0)
@@ -551,65 +581,81 @@ def retry_failed(db: Database, job_id: str) -> int:
 def _set_status(db: Database, job_id: str, from_states: list[JobStatus], to: JobStatus) -> bool:
     with db.write() as session:
         result = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status.in_(from_states))  # type: ignore[arg-type, attr-defined]
-            .values(status=to)
+            update(JOB).where(JOB.c.id == job_id, JOB.c.status.in_(from_states)).values(status=to)
         )
-    return bool(result.rowcount)
+    return bool(rowcount(result))
 
 
 def delete_job(db: Database, storage: Storage, job_id: str) -> None:
     storage.delete_prefix(f"jobs/{job_id}/")
     with db.write() as session:
-        for table in (Image, RejectedRow, Product):
-            session.execute(delete(table).where(table.job_id == job_id))  # type: ignore[attr-defined]
-        session.execute(delete(Job).where(Job.id == job_id))  # type: ignore[arg-type]
+        for table in (IMAGE, REJECTED_ROW, PRODUCT):
+            session.execute(delete(table).where(table.c.job_id == job_id))
+        session.execute(delete(JOB).where(JOB.c.id == job_id))
 
 
 # ---------------------------------------------------------------- exports
 
 
-def manifest_rows(db: Database, job_id: str, *, product: str | None = None) -> Iterator[ManifestRow]:
+def manifest_rows(
+    db: Database, job_id: str, *, product: str | None = None
+) -> Iterator[ManifestRow]:
     """Stream manifest rows in product then position order, without loading them all."""
-    original = Image.__table__.alias("original")  # type: ignore[attr-defined]
+    original = IMAGE.alias("original")
     query = (
         select(
-            Product.number,
-            Image.position,
-            Image.url,
-            Image.status,
-            Image.sha256,
-            Image.size_bytes,
-            Image.format,
-            Image.width,
-            Image.height,
-            Image.http_status,
-            Image.attempts,
-            Image.error,
-            Image.error_code,
-            Image.storage_key,
+            PRODUCT.c.number,
+            IMAGE.c.position,
+            IMAGE.c.url,
+            IMAGE.c.status,
+            IMAGE.c.sha256,
+            IMAGE.c.size_bytes,
+            IMAGE.c.format,
+            IMAGE.c.width,
+            IMAGE.c.height,
+            IMAGE.c.http_status,
+            IMAGE.c.attempts,
+            IMAGE.c.error,
+            IMAGE.c.error_code,
+            IMAGE.c.storage_key,
             original.c.position,
             original.c.format,
         )
-        .join(Product, Product.id == Image.product_id)  # type: ignore[arg-type]
-        .outerjoin(original, original.c.id == Image.duplicate_of_id)
-        .where(Image.job_id == job_id)  # type: ignore[arg-type]
-        .order_by(Product.position, Image.position)
+        .join(PRODUCT, PRODUCT.c.id == IMAGE.c.product_id)
+        .outerjoin(original, original.c.id == IMAGE.c.duplicate_of_id)
+        .where(IMAGE.c.job_id == job_id)
+        .order_by(PRODUCT.c.position, IMAGE.c.position)
     )
     if product is not None:
-        query = query.where(Product.number == product)  # type: ignore[arg-type]
+        query = query.where(PRODUCT.c.number == product)
     with db.read() as session:
         result = session.execute(query.execution_options(yield_per=2000))
         for (
-            number, pos, url, status, sha, size, fmt, w, h, http, attempts, err, code, key,
-            dup_pos, dup_fmt,
+            number,
+            pos,
+            url,
+            status,
+            sha,
+            size,
+            fmt,
+            w,
+            h,
+            http,
+            attempts,
+            err,
+            code,
+            key,
+            dup_pos,
+            dup_fmt,
         ) in result:
             yield ManifestRow(
                 product=number,
                 position=pos,
                 source_url=url,
                 status=status,
-                file=image_file_name(number, pos, fmt) if status == ImageStatus.DONE and fmt else None,
+                file=image_file_name(number, pos, fmt)
+                if status == ImageStatus.DONE and fmt
+                else None,
                 sha256=sha,
                 bytes=size,
                 format=fmt,
@@ -618,7 +664,9 @@ def manifest_rows(db: Database, job_id: str, *, product: str | None = None) -> I
                 http_status=http,
                 attempts=attempts,
                 error=f"{err} ({code})" if err and code else err,
-                duplicate_of=image_file_name(number, dup_pos, dup_fmt) if dup_pos and dup_fmt else None,
+                duplicate_of=image_file_name(number, dup_pos, dup_fmt)
+                if dup_pos and dup_fmt
+                else None,
                 key=key if status == ImageStatus.DONE else None,
             )
 

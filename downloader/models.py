@@ -11,7 +11,7 @@ import time
 import uuid
 from enum import StrEnum
 
-from sqlalchemy import Index, UniqueConstraint
+from sqlalchemy import Index, Table, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -150,3 +150,12 @@ class Worker(SQLModel, table=True):
     heartbeat_at: float = Field(default_factory=time.time)
     in_flight: int = 0
     done_total: int = 0
+
+
+# Typed Core tables for query expressions: `IMAGE.c.status.in_(...)` type-checks, whereas
+# SQLModel's class attributes are declared as plain Python values.
+JOB: Table = Job.__table__  # type: ignore[attr-defined]
+PRODUCT: Table = Product.__table__  # type: ignore[attr-defined]
+IMAGE: Table = Image.__table__  # type: ignore[attr-defined]
+REJECTED_ROW: Table = RejectedRow.__table__  # type: ignore[attr-defined]
+WORKER: Table = Worker.__table__  # type: ignore[attr-defined]

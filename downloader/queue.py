@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, delete, func, select, text, update
 from sqlmodel import Session, col
 
-from downloader.db import Database
+from downloader.db import Database, rowcount
 from downloader.models import (
+    IMAGE,
+    JOB,
     PENDING_IMAGE_STATUSES,
-    Image,
+    WORKER,
     ImageStatus,
-    Job,
     JobStatus,
     Worker,
 )
@@ -74,16 +75,14 @@ def make_worker_id(kind: str) -> str:
 
 def register_worker(db: Database, worker_id: str, kind: str) -> None:
     with db.write() as session:
-        session.add(
-            Worker(id=worker_id, hostname=socket.gethostname(), pid=os.getpid(), kind=kind)
-        )
+        session.add(Worker(id=worker_id, hostname=socket.gethostname(), pid=os.getpid(), kind=kind))
 
 
 def unregister_worker(db: Database, worker_id: str) -> None:
     """Release every lease this worker holds and forget it."""
     with db.write() as session:
         _release_leases(session, [worker_id])
-        session.exec(delete(Worker).where(Worker.id == worker_id))  # type: ignore[call-overload]
+        session.execute(delete(WORKER).where(WORKER.c.id == worker_id))
 
 
 def heartbeat(
@@ -92,37 +91,39 @@ def heartbeat(
     """Renew this worker's row and the leases of everything it holds."""
     now = time.time()
     with db.write() as session:
-        session.exec(
-            update(Worker)  # type: ignore[call-overload]
-            .where(Worker.id == worker_id)  # type: ignore[arg-type]
+        session.execute(
+            update(WORKER)
+            .where(WORKER.c.id == worker_id)
             .values(heartbeat_at=now, in_flight=in_flight, done_total=done_total)
         )
         # Rows another transaction holds (this worker's own result batch, a reaper) are
         # being settled right now: skip them instead of waiting, so no lock cycle can form.
         mine = (
-            select(col(Image.id))
+            select(col(IMAGE.c.id))
             .where(
-                col(Image.lease_owner) == worker_id,
-                col(Image.status) == ImageStatus.DOWNLOADING,
+                col(IMAGE.c.lease_owner) == worker_id,
+                col(IMAGE.c.status) == ImageStatus.DOWNLOADING,
             )
             .with_for_update(skip_locked=True)
         )
         session.execute(
-            update(Image)
-            .where(col(Image.id).in_(mine.scalar_subquery()))
+            update(IMAGE)
+            .where(col(IMAGE.c.id).in_(mine.scalar_subquery()))
             .values(lease_expires=now + lease_seconds)
         )
 
 
-def live_worker_count(db: Database, stale_after: float, kinds: Sequence[str] = ("worker", "embedded")) -> int:
+def live_worker_count(
+    db: Database, stale_after: float, kinds: Sequence[str] = ("worker", "embedded")
+) -> int:
     """Long-running engines that heartbeated recently (they share the deployment's limits)."""
     with db.read() as session:
         count = session.execute(
             select(func.count())
-            .select_from(Worker)
+            .select_from(WORKER)
             .where(
-                Worker.heartbeat_at > time.time() - stale_after,  # type: ignore[arg-type]
-                Worker.kind.in_(kinds),  # type: ignore[attr-defined]
+                WORKER.c.heartbeat_at > time.time() - stale_after,
+                WORKER.c.kind.in_(kinds),
             )
         ).scalar_one()
     return max(1, int(count))
@@ -134,12 +135,12 @@ def live_engines(
     """Ids of the long-running engines that heartbeated recently, oldest first."""
     with db.read() as session:
         rows = session.execute(
-            select(col(Worker.id))
+            select(col(WORKER.c.id))
             .where(
-                col(Worker.heartbeat_at) > time.time() - stale_after,
-                col(Worker.kind).in_(kinds),
+                col(WORKER.c.heartbeat_at) > time.time() - stale_after,
+                col(WORKER.c.kind).in_(kinds),
             )
-            .order_by(col(Worker.started_at), col(Worker.id))
+            .order_by(col(WORKER.c.started_at), col(WORKER.c.id))
         ).scalars()
         return list(rows)
 
@@ -153,7 +154,9 @@ def reap_dead_workers(db: Database, stale_after: float) -> int:
     now = time.time()
     host = socket.gethostname()
     with db.write() as session:
-        workers = session.exec(select(Worker.id, Worker.hostname, Worker.pid, Worker.heartbeat_at)).all()  # type: ignore[call-overload]
+        workers = session.execute(
+            select(WORKER.c.id, WORKER.c.hostname, WORKER.c.pid, WORKER.c.heartbeat_at)
+        ).all()
         dead = [
             wid
             for wid, hostname, pid, beat in workers
@@ -161,27 +164,27 @@ def reap_dead_workers(db: Database, stale_after: float) -> int:
         ]
         if dead:
             _release_leases(session, dead)
-            session.exec(delete(Worker).where(Worker.id.in_(dead)))  # type: ignore[call-overload, attr-defined]
+            session.execute(delete(WORKER).where(WORKER.c.id.in_(dead)))
         # Leases whose owner vanished without a worker row (or expired) go back too.
         stale = (
-            select(col(Image.id))
-            .where(col(Image.status) == ImageStatus.DOWNLOADING, col(Image.lease_expires) < now)
+            select(col(IMAGE.c.id))
+            .where(col(IMAGE.c.status) == ImageStatus.DOWNLOADING, col(IMAGE.c.lease_expires) < now)
             .with_for_update(skip_locked=True)  # rows being written now: next round
         )
         expired = session.connection().execute(
-            update(Image)
-            .where(col(Image.id).in_(stale.scalar_subquery()))
+            update(IMAGE)
+            .where(col(IMAGE.c.id).in_(stale.scalar_subquery()))
             .values(status=ImageStatus.QUEUED, lease_owner=None, lease_expires=None)
         )
-    return len(dead) + (expired.rowcount or 0)
+    return len(dead) + rowcount(expired)
 
 
 def _release_leases(session: Session, worker_ids: Sequence[str]) -> None:
-    session.exec(
-        update(Image)  # type: ignore[call-overload]
+    session.execute(
+        update(IMAGE)
         .where(
-            Image.lease_owner.in_(worker_ids),  # type: ignore[union-attr]
-            Image.status == ImageStatus.DOWNLOADING,  # type: ignore[arg-type]
+            IMAGE.c.lease_owner.in_(worker_ids),
+            IMAGE.c.status == ImageStatus.DOWNLOADING,
         )
         .values(status=ImageStatus.QUEUED, lease_owner=None, lease_expires=None)
     )
@@ -216,21 +219,23 @@ def claim(
     now = time.time()
     claims: list[Claim] = []
     with db.write() as session:
-        job_query = select(Job.id, Job.status).where(
-            Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])  # type: ignore[attr-defined]
+        job_query = select(JOB.c.id, JOB.c.status).where(
+            JOB.c.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])
         )
         if job_id is not None:
-            job_query = job_query.where(Job.id == job_id)
-        jobs = session.exec(job_query.order_by(Job.created_at)).all()  # type: ignore[call-overload, arg-type]
+            job_query = job_query.where(JOB.c.id == job_id)
+        jobs = session.execute(job_query.order_by(JOB.c.created_at)).all()
         for active_job_id, status in jobs:
             wanted = limit - len(claims)
             if wanted <= 0:
                 break
-            rows = _claim_from_job(db, session, active_job_id, worker_id, wanted, now + lease_seconds)
+            rows = _claim_from_job(
+                db, session, active_job_id, worker_id, wanted, now + lease_seconds
+            )
             if rows and status == JobStatus.QUEUED:
-                session.exec(
-                    update(Job)  # type: ignore[call-overload]
-                    .where(Job.id == active_job_id, Job.status == JobStatus.QUEUED)  # type: ignore[arg-type]
+                session.execute(
+                    update(JOB)
+                    .where(JOB.c.id == active_job_id, JOB.c.status == JobStatus.QUEUED)
                     .values(status=JobStatus.RUNNING, started_at=now)
                 )
             claims.extend(rows)
@@ -255,14 +260,19 @@ def _claim_from_job(
     if not ids:
         return []
     session.execute(
-        update(Image)
-        .where(Image.id.in_(ids))  # type: ignore[union-attr]
+        update(IMAGE)
+        .where(IMAGE.c.id.in_(ids))
         .values(status=ImageStatus.DOWNLOADING, lease_owner=worker_id, lease_expires=expires)
     )
     rows = session.execute(
         select(
-            Image.id, Image.job_id, Image.product_id, Image.position, Image.url, Image.attempts
-        ).where(Image.id.in_(ids))  # type: ignore[union-attr]
+            IMAGE.c.id,
+            IMAGE.c.job_id,
+            IMAGE.c.product_id,
+            IMAGE.c.position,
+            IMAGE.c.url,
+            IMAGE.c.attempts,
+        ).where(IMAGE.c.id.in_(ids))
     )
     return [Claim(*row) for row in rows]
 
@@ -305,10 +315,10 @@ def record_results(db: Database, worker_id: str, results: Sequence[Result]) -> F
         for r in sorted(results, key=lambda r: r.image_id)  # one lock order for every writer
     ]
     statement = (
-        update(Image.__table__)  # type: ignore[attr-defined]
+        update(IMAGE)
         .where(
-            Image.__table__.c.id == bindparam("b_id"),  # type: ignore[attr-defined]
-            Image.__table__.c.lease_owner == bindparam("b_owner"),  # type: ignore[attr-defined]
+            IMAGE.c.id == bindparam("b_id"),
+            IMAGE.c.lease_owner == bindparam("b_owner"),
         )
         .values(
             **{name: bindparam(f"b_{name}") for name in _RESULT_COLUMNS},
@@ -321,11 +331,11 @@ def record_results(db: Database, worker_id: str, results: Sequence[Result]) -> F
     with db.write() as session:
         # executemany: the driver reports the summed rowcount
         outcome = session.connection().execute(statement, params)
-        written = outcome.rowcount if outcome.rowcount is not None else len(results)
+        written = rowcount(outcome)
         report.written = written
         report.stale = len(results) - written
         touched = session.execute(
-            select(Image.job_id, Image.product_id).where(Image.id.in_(ids)).distinct()  # type: ignore[union-attr]
+            select(IMAGE.c.job_id, IMAGE.c.product_id).where(IMAGE.c.id.in_(ids)).distinct()
         ).all()
         product_ids = sorted({product_id for _, product_id in touched})
         job_ids = sorted({job for job, _ in touched})
@@ -365,12 +375,12 @@ def _settle_products(session: Session, product_ids: Sequence[int]) -> list[str]:
     if not finished:
         return []
     rows = session.execute(
-        select(Image.id, Image.product_id, Image.sha256, Image.storage_key)
+        select(IMAGE.c.id, IMAGE.c.product_id, IMAGE.c.sha256, IMAGE.c.storage_key)
         .where(
-            Image.product_id.in_(finished),  # type: ignore[attr-defined]
-            Image.status == ImageStatus.DONE,  # type: ignore[arg-type]
+            IMAGE.c.product_id.in_(finished),
+            IMAGE.c.status == ImageStatus.DONE,
         )
-        .order_by(Image.product_id, Image.position)  # type: ignore[arg-type]
+        .order_by(IMAGE.c.product_id, IMAGE.c.position)
     ).all()
     first_by_hash: dict[tuple[int, str], int] = {}
     duplicates: list[dict[str, object]] = []
@@ -382,11 +392,13 @@ def _settle_products(session: Session, product_ids: Sequence[int]) -> list[str]:
             if key:
                 keys.append(key)
     if duplicates:
-        table = Image.__table__  # type: ignore[attr-defined]
+        table = IMAGE
         session.connection().execute(
             update(table)
             .where(table.c.id == bindparam("b_id"))
-            .values(status=ImageStatus.DUPLICATE, duplicate_of_id=bindparam("b_of"), storage_key=None),
+            .values(
+                status=ImageStatus.DUPLICATE, duplicate_of_id=bindparam("b_of"), storage_key=None
+            ),
             duplicates,
         )
     return keys
@@ -396,12 +408,12 @@ def _finished_products(session: Session, product_ids: Sequence[int]) -> list[int
     if not product_ids:
         return []
     pending = func.sum(
-        func.cast(Image.status.in_(PENDING_IMAGE_STATUSES), type_=Image.__table__.c.attempts.type)  # type: ignore[attr-defined]
+        func.cast(IMAGE.c.status.in_(PENDING_IMAGE_STATUSES), type_=IMAGE.c.attempts.type)
     )
     rows = session.execute(
-        select(Image.product_id)
-        .where(Image.product_id.in_(product_ids))  # type: ignore[attr-defined]
-        .group_by(Image.product_id)
+        select(IMAGE.c.product_id)
+        .where(IMAGE.c.product_id.in_(product_ids))
+        .group_by(IMAGE.c.product_id)
         .having(pending == 0)
     ).all()
     return [row[0] for row in rows]
@@ -411,20 +423,20 @@ def _settle_jobs(session: Session, job_ids: Iterable[str], now: float) -> list[s
     completed: list[str] = []
     for job_id in job_ids:
         pending = session.execute(
-            select(Image.id)
+            select(IMAGE.c.id)
             .where(
-                Image.job_id == job_id,  # type: ignore[arg-type]
-                Image.status.in_(PENDING_IMAGE_STATUSES),  # type: ignore[attr-defined]
+                IMAGE.c.job_id == job_id,
+                IMAGE.c.status.in_(PENDING_IMAGE_STATUSES),
             )
             .limit(1)
         ).first()
         if pending is None:
             done = session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.RUNNING)  # type: ignore[arg-type]
+                update(JOB)
+                .where(JOB.c.id == job_id, JOB.c.status == JobStatus.RUNNING)
                 .values(status=JobStatus.COMPLETED, finished_at=now)
             )
-            if done.rowcount:
+            if rowcount(done):
                 completed.append(job_id)
     return completed
 
@@ -441,11 +453,11 @@ def release_claims(db: Database, worker_id: str, image_ids: Sequence[int]) -> No
         return
     with db.write() as session:
         session.execute(
-            update(Image)
+            update(IMAGE)
             .where(
-                Image.id.in_(image_ids),  # type: ignore[union-attr]
-                Image.lease_owner == worker_id,  # type: ignore[arg-type]
-                Image.status == ImageStatus.DOWNLOADING,  # type: ignore[arg-type]
+                IMAGE.c.id.in_(image_ids),
+                IMAGE.c.lease_owner == worker_id,
+                IMAGE.c.status == ImageStatus.DOWNLOADING,
             )
             .values(status=ImageStatus.QUEUED, lease_owner=None, lease_expires=None)
         )
@@ -453,7 +465,9 @@ def release_claims(db: Database, worker_id: str, image_ids: Sequence[int]) -> No
 
 def job_is_active(db: Database, job_id: str) -> bool:
     with db.read() as session:
-        status = session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()  # type: ignore[arg-type]
+        status = session.execute(
+            select(JOB.c.status).where(JOB.c.id == job_id)
+        ).scalar_one_or_none()
     return status in (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
@@ -461,10 +475,10 @@ def pending_count(db: Database, job_id: str) -> int:
     with db.read() as session:
         value = session.execute(
             select(func.count())
-            .select_from(Image)
+            .select_from(IMAGE)
             .where(
-                Image.job_id == job_id,  # type: ignore[arg-type]
-                Image.status.in_(PENDING_IMAGE_STATUSES),  # type: ignore[attr-defined]
+                IMAGE.c.job_id == job_id,
+                IMAGE.c.status.in_(PENDING_IMAGE_STATUSES),
             )
         ).scalar_one()
     return int(value)
@@ -473,13 +487,13 @@ def pending_count(db: Database, job_id: str) -> int:
 def has_claimable_work(db: Database, job_id: str | None = None) -> bool:
     with db.read() as session:
         query = (
-            select(Image.id)
-            .join(Job, Job.id == Image.job_id)  # type: ignore[arg-type]
+            select(IMAGE.c.id)
+            .join(JOB, JOB.c.id == IMAGE.c.job_id)
             .where(
-                Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),  # type: ignore[attr-defined]
-                Image.status == ImageStatus.QUEUED,  # type: ignore[arg-type]
+                JOB.c.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+                IMAGE.c.status == ImageStatus.QUEUED,
             )
         )
         if job_id is not None:
-            query = query.where(Image.job_id == job_id)  # type: ignore[arg-type]
+            query = query.where(IMAGE.c.job_id == job_id)
         return session.execute(query.limit(1)).first() is not None

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import ipaddress
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 CsvList = Annotated[list[str], NoDecode]
 

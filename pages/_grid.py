@@ -218,8 +218,10 @@ def _cell_rules(column: str) -> dict[str, Any]:
 
 _CSS = {
     ".bid-invalid": {
-        "background-color": "rgba(255, 43, 43, 0.16) !important",
-        "box-shadow": "inset 0 0 0 1px rgba(255, 43, 43, 0.6)",
+        "background-color": "rgba(255, 43, 43, 0.14) !important",
+        "color": "#b3261e !important",
+        "text-decoration": "underline wavy rgba(255, 43, 43, 0.8)",
+        "text-underline-offset": "3px",
     },
     ".bid-del": {
         "border": "none",

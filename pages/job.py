@@ -90,6 +90,15 @@ with meta:
         f"{job.rejected_rows:,} rejected rows · {job.duplicates_removed:,} duplicate URLs removed"
     )
 
+if summary.is_active and not jobs.live_workers(
+    db, stale_after=services.settings.worker_lease_seconds * 2
+):
+    st.warning(
+        "No engine is running, so this job waits. Start one with `python -m downloader worker` "
+        "(or run the app with EMBEDDED_WORKER on).",
+        icon=":material/pending:",
+    )
+
 controls = st.container(horizontal=True)
 status = job.status
 with controls:
@@ -180,16 +189,18 @@ def _products_table() -> None:
         st.caption(f"Products {first:,}–{first + len(frame) - 1:,} of {job.products:,}.")  # noqa: RUF001
 
 
-def live(was_active: bool) -> None:
+def live(status_shown: str) -> None:
     current = jobs.job_summary(db, job.id)
-    if was_active and not current.is_active:
-        st.rerun()  # finished, paused or cancelled: redraw everything once, stop polling
+    if current.job.status != status_shown:
+        # Started, finished, paused or cancelled: redraw the whole page once (header,
+        # controls, downloads); a job that is no longer active stops polling there.
+        st.rerun()
     _progress(current)
     st.subheader("Products")
     _products_table()
 
 
-st.fragment(run_every=REFRESH_SECONDS if summary.is_active else None)(live)(summary.is_active)
+st.fragment(run_every=REFRESH_SECONDS if summary.is_active else None)(live)(job.status)
 
 
 # ---------------------------------------------------------------- the rest
@@ -214,14 +225,11 @@ def _link_button(url: str, label: str, primary: bool = False) -> str:
 
 
 with downloads:
-    counts = summary.counts
     st.markdown("**Everything**")
     st.html(
-        _link_button(
-            common.job_zip_url(job.id), f"⬇ All products (ZIP, {counts.done:,} images)", True
-        )
+        _link_button(common.job_zip_url(job.id), "⬇ All products (ZIP)", True)
         + _link_button(common.manifest_url(job.id), "⬇ Manifest (CSV)")
-        + _link_button(common.failed_csv_url(job.id), f"⬇ Failed rows (CSV, {counts.failed:,})")
+        + _link_button(common.failed_csv_url(job.id), "⬇ Failed rows (CSV)")
     )
     st.caption(
         "The ZIP of all products streams as it is built: the download starts at once, whatever "

@@ -233,6 +233,21 @@ def preview(parsed: ParsedInput, row_numbers: dict[int, int] | None) -> None:
     cols[1].metric("Images", f"{parsed.images:,}")
     cols[2].metric("Duplicates removed", f"{len(parsed.duplicates):,}")
     cols[3].metric("Rejected rows", f"{len(parsed.rejected):,}")
+    if parsed.images:
+        with st.expander("The first rows as they will be queued", expanded=parsed.ambiguous):
+            first = parsed.frame.head(8)
+            st.dataframe(
+                pd.DataFrame(
+                    {
+                        row_label: [shown_row(int(r)) for r in first["source_row"]],
+                        "Product": first["product"],
+                        "#": first["position"],
+                        "Image URL": first["url"],
+                    }
+                ),
+                hide_index=True,
+                width="stretch",
+            )
     if parsed.rejected:
         st.warning(
             f"{len(parsed.rejected):,} row(s) will be skipped; the other rows still run.",

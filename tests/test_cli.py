@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.imageserver import ImageServer, Reply, Req, image_bytes, image_server  # noqa: F401
+from tests.support.imageserver import ImageServer, Reply, Req, image_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,9 @@ class Cli:
             text=True,
         )
 
-    def __call__(self, *args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, *args: str, stdin: str | None = None, **env: str
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "downloader", *args],
             cwd=ROOT,
@@ -70,17 +72,27 @@ def write_input(path: Path, rows: list[tuple[str, str]]) -> Path:
     return path
 
 
-def test_run_status_zip_and_check_follow_the_contract(tmp_path: Path, image_server: ImageServer) -> None:
+def test_run_status_zip_and_check_follow_the_contract(
+    tmp_path: Path, image_server: ImageServer
+) -> None:
     s = image_server
     cli = Cli(tmp_path)
-    rows = [("P1", s.url("/img/a.jpg")), ("P1", s.url("/img/b.png", host=1)), ("P2", s.url("/status/404"))]
+    rows = [
+        ("P1", s.url("/img/a.jpg")),
+        ("P1", s.url("/img/b.png", host=1)),
+        ("P2", s.url("/status/404")),
+    ]
     src = write_input(tmp_path / "in.csv", [*rows, ("bad sku!", s.url("/img/c.jpg"))])
 
     result = cli("run", str(src))
     assert result.returncode == 0, result.stderr
     summary = last_json(result.stdout)
     assert {k: summary[k] for k in ("products", "images", "done", "duplicate", "failed")} == {
-        "products": 2, "images": 3, "done": 2, "duplicate": 0, "failed": 1,
+        "products": 2,
+        "images": 3,
+        "done": 2,
+        "duplicate": 0,
+        "failed": 1,
     }
     assert "row 5" in result.stderr  # the rejected row is reported with its sheet row number
     job_id = str(summary["job_id"])
@@ -108,7 +120,11 @@ def test_unusable_input_exits_2_with_a_message_and_no_traceback(tmp_path: Path) 
     cli = Cli(tmp_path)
     garbage = tmp_path / "random.csv"
     garbage.write_bytes(os.urandom(4096))
-    for args, stdin in ((["run", str(garbage)], None), (["submit", "-"], "no urls here\n"), (["run", str(tmp_path / "missing.csv")], None)):
+    for args, stdin in (
+        (["run", str(garbage)], None),
+        (["submit", "-"], "no urls here\n"),
+        (["run", str(tmp_path / "missing.csv")], None),
+    ):
         result = cli(*args, stdin=stdin)
         assert result.returncode == 2, result
         assert result.stderr.strip().startswith("error:")
@@ -121,7 +137,9 @@ def test_unusable_input_exits_2_with_a_message_and_no_traceback(tmp_path: Path) 
 def test_submit_then_a_worker_finishes_the_job(tmp_path: Path, image_server: ImageServer) -> None:
     s = image_server
     cli = Cli(tmp_path)
-    src = write_input(tmp_path / "in.csv", [(f"P{i}", s.url(f"/img/w{i}.webp", host=i % 3)) for i in range(12)])
+    src = write_input(
+        tmp_path / "in.csv", [(f"P{i}", s.url(f"/img/w{i}.webp", host=i % 3)) for i in range(12)]
+    )
     submitted = cli("submit", str(src))
     assert submitted.returncode == 0, submitted.stderr
     info = last_json(submitted.stdout)
@@ -214,5 +232,5 @@ def test_sigkill_mid_job_then_run_again_finishes_without_refetching(
         assert first_entry.getvalue()[:2] == b"\xff\xd8"
 
 
-def Req_path(url: str) -> str:  # noqa: N802
+def Req_path(url: str) -> str:
     return "/" + url.split("/", 3)[3]

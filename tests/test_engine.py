@@ -15,7 +15,7 @@ from downloader.engine import Engine
 from downloader.inputs import parse_text
 from downloader.services import Services, build_services
 from downloader.settings import load_settings
-from tests.support.imageserver import ImageServer, image_bytes, image_server  # noqa: F401
+from tests.support.imageserver import ImageServer, image_bytes
 
 
 def make_services(tmp_path: Path, **overrides: object) -> Services:
@@ -57,10 +57,21 @@ def test_a_mixed_job_ends_with_every_image_in_a_final_state(
     summary = jobs.job_summary(services.db, job_id)
     assert summary.job.status == "completed"
     assert summary.counts.as_dict() == {
-        "queued": 0, "downloading": 0, "done": 7, "duplicate": 1, "failed": 2, "skipped": 0,
+        "queued": 0,
+        "downloading": 0,
+        "done": 7,
+        "duplicate": 1,
+        "failed": 2,
+        "skipped": 0,
     }
     manifest = {(r.product, r.position): r for r in jobs.manifest_rows(services.db, job_id)}
-    assert [manifest[("A-1", i)].format for i in range(1, 6)] == ["jpg", "png", "webp", "gif", "avif"]
+    assert [manifest[("A-1", i)].format for i in range(1, 6)] == [
+        "jpg",
+        "png",
+        "webp",
+        "gif",
+        "avif",
+    ]
     assert manifest[("A-1", 2)].file == "A-1_2.png"
     assert manifest[("A-1", 1)].sha256 == hashlib.sha256(image_bytes("a", "jpg")).hexdigest()
     assert manifest[("B_2", 2)].status == "duplicate"
@@ -72,7 +83,9 @@ def test_a_mixed_job_ends_with_every_image_in_a_final_state(
     # the stored files are exactly the done images, and the ZIP matches the manifest
     stored = sorted(p.name for p in (tmp_path / "media" / "jobs").rglob("*.*"))
     assert len(stored) == 7
-    archive = zipfile.ZipFile(io.BytesIO(b"".join(jobs.job_zip(services.db, services.storage, job_id))))
+    archive = zipfile.ZipFile(
+        io.BytesIO(b"".join(jobs.job_zip(services.db, services.storage, job_id)))
+    )
     for row in manifest.values():
         if row.status == "done":
             data = archive.read(f"{row.product}/{row.file}")
@@ -80,7 +93,9 @@ def test_a_mixed_job_ends_with_every_image_in_a_final_state(
     assert not list((tmp_path / "media" / ".tmp").glob("*"))  # no temp files left
 
 
-def test_per_host_concurrency_holds_through_the_engine(tmp_path: Path, image_server: ImageServer) -> None:
+def test_per_host_concurrency_holds_through_the_engine(
+    tmp_path: Path, image_server: ImageServer
+) -> None:
     s = image_server
     rows = [f"P{i % 10}\t{s.url(f'/slow/0.05/{i}', host=i % 2)}" for i in range(80)]
     services = make_services(tmp_path, max_global_concurrency=16, max_per_host_concurrency=3)
@@ -90,10 +105,14 @@ def test_per_host_concurrency_holds_through_the_engine(tmp_path: Path, image_ser
     assert s.peak_concurrency(0) >= 2  # the limit was actually reached, not trivially held
 
 
-def test_cancel_skips_queued_images_and_retry_requeues_them(tmp_path: Path, image_server: ImageServer) -> None:
+def test_cancel_skips_queued_images_and_retry_requeues_them(
+    tmp_path: Path, image_server: ImageServer
+) -> None:
     s = image_server
     services = make_services(tmp_path)
-    job = jobs.create_job(services.db, parse_text("\n".join(f"P\t{s.url(f'/img/{i}.jpg')}" for i in range(5))))
+    job = jobs.create_job(
+        services.db, parse_text("\n".join(f"P\t{s.url(f'/img/{i}.jpg')}" for i in range(5)))
+    )
     assert jobs.cancel_job(services.db, job.id)
     counts = jobs.job_counts(services.db, job.id)
     assert counts.skipped == 5 and jobs.get_job(services.db, job.id).status == "cancelled"
@@ -104,7 +123,9 @@ def test_cancel_skips_queued_images_and_retry_requeues_them(tmp_path: Path, imag
     assert jobs.get_job(services.db, job.id).status == "completed"
 
 
-def test_a_paused_job_is_not_worked_on_until_resumed(tmp_path: Path, image_server: ImageServer) -> None:
+def test_a_paused_job_is_not_worked_on_until_resumed(
+    tmp_path: Path, image_server: ImageServer
+) -> None:
     s = image_server
     services = make_services(tmp_path)
     job = jobs.create_job(services.db, parse_text(f"P\t{s.url('/img/x.jpg')}"))

@@ -21,6 +21,7 @@ import uvloop
 from downloader.fetch import Fetcher, FetchOutcome, remove_leftovers
 from downloader.fetch.fetcher import DECODE_STEP
 from downloader.settings import Settings, load_settings
+from tests.support import imageserver
 from tests.support.imageserver import (
     HTML_PAGE,
     ImageServer,
@@ -28,10 +29,11 @@ from tests.support.imageserver import (
     Req,
     closed_port_url,
     image_bytes,
-    image_server,  # noqa: F401
 )
 
 MB = 1024 * 1024
+
+image_server = imageserver.image_server  # the fixture
 
 
 def make_settings(**overrides: object) -> Settings:

@@ -25,7 +25,10 @@ from downloader.guard import (
     vet_resolved,
 )
 from downloader.settings import Settings, load_settings
-from tests.support.imageserver import ImageServer, image_server  # noqa: F401
+from tests.support import imageserver
+from tests.support.imageserver import ImageServer
+
+image_server = imageserver.image_server  # the fixture
 
 
 def guard(**overrides: object) -> Guard:

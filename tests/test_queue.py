@@ -50,7 +50,9 @@ def add_job(db: Database, products: dict[str, int], status: str = JobStatus.QUEU
 def statuses(db: Database, job_id: str) -> list[str]:
     with db.read() as session:
         return list(
-            session.execute(select(Image.status).where(Image.job_id == job_id).order_by(Image.id)).scalars()
+            session.execute(
+                select(Image.status).where(Image.job_id == job_id).order_by(Image.id)
+            ).scalars()
         )
 
 

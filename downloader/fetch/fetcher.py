@@ -127,11 +127,12 @@ class _Redirect:
 
 
 class _Job:
-    __slots__ = ("attempts", "current", "redirects", "remaining", "visited")
+    __slots__ = ("attempts", "current", "new_attempt", "redirects", "remaining", "visited")
 
     def __init__(self, url: httpx.URL, deadline: float) -> None:
         self.current = url
-        self.attempts = 0
+        self.attempts = 0  # requests sent as attempts (redirect hops are not new attempts)
+        self.new_attempt = True  # the next request starts an attempt
         self.redirects = 0
         self.remaining = deadline
         self.visited = {str(url)}
@@ -322,7 +323,6 @@ class Fetcher:
                 ok=False, error_code="bad_url", error="The URL is not a valid address."
             )
         job = _Job(start_url, self._deadline)
-        new_attempt = True
         loop = asyncio.get_running_loop()
         while True:
             host = _host_key(job.current)
@@ -330,9 +330,6 @@ class Fetcher:
                 return self._circuit_open(job, host, loop.time())
             if job.remaining <= 0:
                 return self._deadline_failure(job)
-            if new_attempt:
-                job.attempts += 1
-                new_attempt = False
             result = await self._hop(client, job, host)
             if isinstance(result, FetchOutcome):
                 return result
@@ -353,7 +350,7 @@ class Fetcher:
                     slept_from = loop.time()
                     await asyncio.sleep(delay)
                     job.remaining -= loop.time() - slept_from
-                    new_attempt = True
+                    job.new_attempt = True
                     continue
             return self._failure(job, result)
 
@@ -372,6 +369,9 @@ class Fetcher:
                 settled = False
                 try:
                     await self._pacer.acquire()
+                    if job.new_attempt:
+                        job.attempts += 1
+                        job.new_attempt = False
                     self.stats.active += 1
                     started = loop.time()
                     try:

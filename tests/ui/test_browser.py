@@ -212,7 +212,6 @@ def test_paste_queue_watch_and_download(
     expect(metric(page, "Rejected rows")).to_have_text("0")
     grid = page.frame_locator(GRID_FRAME)
     expect(grid.locator(".ag-row .ag-cell[col-id='product']").nth(5)).to_have_text("HAT-3")
-    shot(page, "new-job.png")
 
     page.get_by_role("button", name="Analyze & Queue Downloads").click()
     page.wait_for_url("**/job?id=*")
@@ -220,7 +219,6 @@ def test_paste_queue_watch_and_download(
     expect(page.get_by_text(re.compile(r"\bCompleted\b")).first).to_be_visible(timeout=60_000)
     wait_idle(page)
     expect(metric(page, "Done")).to_have_text("6")
-    shot(page, "job.png")
 
     # one product's ZIP: the button labelled with the product number
     with page.expect_download() as caught:
@@ -241,7 +239,7 @@ def test_paste_queue_watch_and_download(
 
     # the master ZIP, streamed by the custom route
     with page.expect_download() as caught:
-        page.get_by_text("All products (ZIP").click()
+        page.get_by_text("All products (ZIP)").click()
     download = caught.value
     assert download.suggested_filename == f"job-{job_id}.zip"
     archive = read_zip(download.path())
@@ -255,18 +253,6 @@ def test_paste_queue_watch_and_download(
     )  # fmt: skip
     assert archive.read("HAT-3/HAT-3_1.png") == image_bytes("hat3", "png")
 
-    if SCREENSHOTS is not None:
-        page.get_by_role("tab", name="Gallery").click()
-        page.wait_for_timeout(1500)
-        shot(page, "job-gallery.png")
-        page.goto(f"{app_server.url}/jobs")
-        wait_idle(page)
-        page.wait_for_timeout(1000)
-        shot(page, "jobs.png")
-        page.goto(f"{app_server.url}/system")
-        wait_idle(page)
-        page.wait_for_timeout(1000)
-        shot(page, "system-check.png")
     assert not browser.errors, browser.errors
 
 
@@ -316,3 +302,54 @@ def test_paste_without_header_into_a_filled_grid_then_edit_and_delete(
     page.get_by_role("button", name="Clear the grid").click()
     expect(page.get_by_text("Nothing to queue yet")).to_be_visible()
     assert not browser.errors, browser.errors
+
+
+@pytest.mark.skipif(SCREENSHOTS is None, reason="set UPDATE_SCREENSHOTS=1 to refresh docs/*.png")
+def test_screenshots_for_the_readme(
+    app_server: Server, browser: Browser, image_server: ImageServer
+) -> None:
+    from playwright.sync_api import expect
+
+    page = browser.page
+    page.set_viewport_size({"width": 1400, "height": 1500})
+    s = image_server
+    rows = [
+        ("SHOE-1", "/img/shoe1-front.jpg?w=320&h=240"),
+        ("SHOE-1", "/img/shoe1-back.png?w=320&h=240"),
+    ]
+    rows += [("SHOE-1", "/img/shoe1-side.webp?w=320&h=240"), ("BAG_2", "/img/bag2.jpg?w=320&h=240")]
+    rows += [("BAG_2", "/status/404"), ("HAT-3", "/img/hat3.png?w=320&h=240")]
+    rows += [("HAT 3", "/img/hat3b.png"), ("SCARF-4", "/slow/4/scarf")]
+    tsv = "Product Number\tImage URL\r\n" + "".join(
+        f"{product}\t{s.url(path, host=i % 3)}\r\n" for i, (product, path) in enumerate(rows)
+    )
+    page.goto(app_server.url)
+    wait_idle(page)
+    paste(page, tsv)
+    expect(metric(page, "Rejected rows")).to_have_text("1", timeout=30_000)
+    wait_idle(page)
+    page.wait_for_timeout(1000)
+    shot(page, "new-job.png")
+    page.get_by_role("button", name="Analyze & Queue Downloads").click()
+    page.wait_for_url("**/job?id=*")
+    wait_idle(page)
+    page.wait_for_timeout(1500)
+    shot(page, "job-running.png")
+    expect(page.get_by_text(re.compile(r"\bCompleted\b")).first).to_be_visible(timeout=60_000)
+    wait_idle(page)
+    page.wait_for_timeout(1000)
+    shot(page, "job.png")
+    page.get_by_role("tab", name="Failed images").click()
+    page.wait_for_timeout(800)
+    shot(page, "job-failed.png")
+    page.get_by_role("tab", name="Gallery").click()
+    page.wait_for_timeout(1500)
+    shot(page, "job-gallery.png")
+    page.goto(f"{app_server.url}/jobs")
+    wait_idle(page)
+    page.wait_for_timeout(1000)
+    shot(page, "jobs.png")
+    page.goto(f"{app_server.url}/system")
+    wait_idle(page)
+    page.wait_for_timeout(1000)
+    shot(page, "system-check.png")

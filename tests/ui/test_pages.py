@@ -64,7 +64,7 @@ def test_pasted_text_shows_a_preview_and_queues_a_job(services: Services, app: A
         "Duplicates removed": "1",
         "Rejected rows": "2",
     }
-    rejected = at.dataframe[0].value
+    rejected = next(df.value for df in at.dataframe if "Reason" in df.value.columns)
     assert list(rejected.columns) == ["Row", "Reason", "Product", "URL"]
     assert rejected["Row"].tolist() == [6, 7]
     assert "Product number" in rejected["Reason"][0]

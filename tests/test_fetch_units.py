@@ -1,0 +1,349 @@
+"""Pure logic of the fetch layer: retry policy, Retry-After, slots, pacer, breaker, sniffing,
+error mapping. No network."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+import struct
+import zlib
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+
+import aiohttp
+import httpx
+import pytest
+from aiohttp.client_reqrep import ConnectionKey
+from PIL import Image
+
+from downloader.fetch.client import (
+    BlockedAddress,
+    TLSError,
+    TruncatedBody,
+    build_client,
+    map_aiohttp_error,
+)
+from downloader.fetch.limits import CircuitBreaker, HostSlots, Pacer, Slots, scaled
+from downloader.fetch.retry import RetryPolicy, is_retryable_status, parse_retry_after
+from downloader.fetch.sniff import SniffError, describe_non_image, image_info, sniff_format
+from downloader.guard import AddressBlockedError, Guard
+from downloader.settings import load_settings
+from tests.support.imageserver import bomb_png, image_bytes
+
+# -- retry policy --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504, 599])
+def test_retryable_statuses(status: int) -> None:
+    assert is_retryable_status(status)
+
+
+@pytest.mark.parametrize("status", [200, 301, 400, 401, 403, 404, 410, 418, 451])
+def test_not_retryable_statuses(status: int) -> None:
+    assert not is_retryable_status(status)
+
+
+def test_parse_retry_after_seconds_and_dates() -> None:
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    assert parse_retry_after("5", now) == 5
+    assert parse_retry_after(" 120 ", now) == 120
+    assert parse_retry_after("1.5", now) == 1.5
+    assert parse_retry_after("-3", now) == 0
+    later = format_datetime(now + timedelta(seconds=90), usegmt=True)
+    assert parse_retry_after(later, now) == 90
+    earlier = format_datetime(now - timedelta(seconds=90), usegmt=True)
+    assert parse_retry_after(earlier, now) == 0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now) == 0
+    for junk in (None, "", "soon", "NaN", "Mon, 99 Foo 2026"):
+        assert parse_retry_after(junk, now) is None
+
+
+def test_backoff_is_exponential_with_full_jitter() -> None:
+    policy = RetryPolicy(max_retries=5, backoff_base=0.5, retry_after_cap=10, backoff_max=3)
+    rng = random.Random(42)
+    for retry, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 3.0), (10, 3.0)]:
+        samples = [policy.backoff(retry, rng) for _ in range(300)]
+        assert all(0 <= s <= ceiling for s in samples)
+        assert max(samples) > 0.8 * ceiling  # spread over the whole range
+        assert min(samples) < 0.2 * ceiling
+        assert len(set(samples)) > 250  # jitter: no two clients in lock step
+
+
+def test_retry_after_wins_over_backoff_and_is_capped() -> None:
+    policy = RetryPolicy(max_retries=3, backoff_base=0.5, retry_after_cap=10)
+    assert policy.delay(1, 4.0) == 4.0
+    assert policy.delay(1, 300.0) == 10.0
+    assert policy.delay(1, 0.0) == 0.0
+    assert 0 <= policy.delay(2, None) <= 1.0
+
+
+# -- slots, pacer ---------------------------------------------------------------------------------
+
+
+def test_slots_are_fifo_and_resizable() -> None:
+    async def main() -> None:
+        slots = Slots(2)
+        order: list[int] = []
+
+        async def worker(i: int, hold: float) -> None:
+            await slots.acquire()
+            order.append(i)
+            await asyncio.sleep(hold)
+            slots.release()
+
+        tasks = [asyncio.create_task(worker(i, 0.05)) for i in range(6)]
+        await asyncio.sleep(0.01)
+        assert slots.in_use == 2
+        slots.set_capacity(3)  # a waiter is let in at once
+        await asyncio.sleep(0)
+        assert slots.in_use == 3
+        await asyncio.gather(*tasks)
+        assert order == list(range(6))
+        assert slots.in_use == 0 and slots.idle
+
+    asyncio.run(main())
+
+
+def test_slots_capacity_decrease_waits_for_holders() -> None:
+    async def main() -> None:
+        slots = Slots(3)
+        for _ in range(3):
+            await slots.acquire()
+        slots.set_capacity(1)
+        waiter = asyncio.create_task(slots.acquire())
+        await asyncio.sleep(0.01)
+        slots.release()
+        slots.release()
+        await asyncio.sleep(0.01)
+        assert not waiter.done()  # 1 holder left = the new capacity
+        slots.release()
+        await asyncio.wait_for(waiter, 1)
+        assert slots.in_use == 1
+
+    asyncio.run(main())
+
+
+def test_cancelled_waiter_does_not_leak_a_slot() -> None:
+    async def main() -> None:
+        slots = Slots(1)
+        await slots.acquire()
+        waiter = asyncio.create_task(slots.acquire())
+        await asyncio.sleep(0)
+        slots.release()  # hands the slot to the waiter ...
+        waiter.cancel()  # ... which is cancelled before it runs
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert slots.in_use == 0
+        plain = asyncio.create_task(slots.acquire())
+        await asyncio.wait_for(plain, 1)
+        assert slots.in_use == 1
+
+    asyncio.run(main())
+
+
+def test_host_slots_forget_idle_hosts() -> None:
+    async def main() -> None:
+        hosts = HostSlots(1)
+        await hosts.acquire("a:80")
+        await hosts.acquire("b:80")
+        assert len(hosts) == 2 and hosts.in_use("a:80") == 1
+        blocked = asyncio.create_task(hosts.acquire("a:80"))
+        await asyncio.sleep(0)
+        assert not blocked.done()
+        hosts.release("a:80")
+        await blocked
+        hosts.release("a:80")
+        hosts.release("b:80")
+        assert len(hosts) == 0
+
+    asyncio.run(main())
+
+
+def test_pacer_spaces_requests() -> None:
+    pacer = Pacer(10)
+    waits = [pacer.reserve(now=100.0) for _ in range(5)]
+    assert waits == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+    assert pacer.reserve(now=200.0) == 0.0  # idle time is not banked beyond the burst
+    assert pacer.reserve(now=200.0) == pytest.approx(0.1)
+    pacer.set_rate(0)
+    assert pacer.reserve(now=200.0) == 0.0
+    burst = Pacer(10, burst=3)
+    assert [burst.reserve(now=0.0) for _ in range(4)] == pytest.approx([0.0, 0.0, 0.0, 0.1])
+
+
+def test_scaled_never_below_one() -> None:
+    assert scaled(32, 1.0) == 32
+    assert scaled(32, 0.5) == 16
+    assert scaled(4, 1 / 3) == 1
+    assert scaled(4, 0.01) == 1
+    assert scaled(10, 0.3) == 3
+    assert scaled(7, 3 / 7) == 3  # float error does not lose a slot
+
+
+# -- circuit breaker ------------------------------------------------------------------------------
+
+
+def test_breaker_cycle() -> None:
+    breaker = CircuitBreaker(threshold=3, cooldown=10)
+    assert breaker.admit("h", 0) == (True, False)
+    breaker.failure("h", 0)
+    breaker.failure("h", 1)
+    assert not breaker.is_open("h", 1)
+    breaker.failure("h", 2)
+    assert breaker.is_open("h", 2)
+    assert breaker.admit("h", 5) == (False, False)
+    assert breaker.retry_in("h", 5) == 7
+    assert breaker.admit("h", 12) == (True, True)  # cooldown over: one probe
+    assert breaker.admit("h", 12) == (False, False)  # and only one
+    breaker.failure("h", 13, probe=True)
+    assert breaker.admit("h", 14) == (False, False)  # open again for a new cooldown
+    assert breaker.admit("h", 23.5) == (True, True)
+    breaker.success("h")
+    assert breaker.admit("h", 24) == (True, False)
+    assert not breaker.is_open("h", 24)
+
+
+def test_breaker_success_resets_the_count_and_abandon_frees_the_probe() -> None:
+    breaker = CircuitBreaker(threshold=2, cooldown=1)
+    breaker.failure("h", 0)
+    breaker.success("h")
+    breaker.failure("h", 0)
+    assert not breaker.is_open("h", 0)
+    breaker.failure("h", 0)
+    assert breaker.is_open("h", 0)
+    assert breaker.admit("h", 2) == (True, True)
+    breaker.abandon("h", probe=True)
+    assert breaker.admit("h", 2) == (True, True)
+    assert breaker.admit("other", 2) == (True, False)
+
+
+# -- sniffing -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "png", "webp", "avif", "gif"])
+def test_sniff_format_from_magic(fmt: str) -> None:
+    assert sniff_format(image_bytes("m", fmt)[:64]) == fmt
+
+
+def test_sniff_avif_by_compatible_brand() -> None:
+    head = struct.pack(">I", 28) + b"ftypmif1" + b"\x00\x00\x00\x00" + b"mif1miafavif"
+    assert sniff_format(head) == "avif"
+    heic = struct.pack(">I", 24) + b"ftypheic" + b"\x00\x00\x00\x00" + b"mif1heic"
+    assert sniff_format(heic) is None
+    assert "HEIC" in describe_non_image(heic)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"", b"<html>", b"GIF8", b"RIFF\x00\x00\x00\x00WAVE", b"\x89PNG\r\n", b"\xff\xd8"],
+)
+def test_sniff_rejects(head: bytes) -> None:
+    assert sniff_format(head) is None
+
+
+def test_image_info_reads_dimensions(tmp_path: Path) -> None:
+    path = tmp_path / "a.part"
+    data = image_bytes("dims", "webp", 101, 7)
+    path.write_bytes(data)
+    info = image_info(path, data[:64])
+    assert (info.format, info.width, info.height) == ("webp", 101, 7)
+
+
+def test_image_info_does_not_decode_pixels(tmp_path: Path) -> None:
+    # a valid PNG header whose pixel data is garbage: dimensions still come out
+    ihdr = struct.pack(">IIBBBBB", 640, 480, 8, 2, 0, 0, 0)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    data = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", b"garbage")
+        + chunk(b"IEND", b"")
+    )
+    path = tmp_path / "x.part"
+    path.write_bytes(data)
+    info = image_info(path, data[:64])
+    assert (info.width, info.height) == (640, 480)
+
+
+@pytest.mark.parametrize(
+    ("size", "words"), [((100_000, 100_000), "more than"), ((10_000, 10_000), "10000x10000")]
+)
+def test_image_info_refuses_bombs(tmp_path: Path, size: tuple[int, int], words: str) -> None:
+    data = bomb_png(*size)
+    path = tmp_path / "b.part"
+    path.write_bytes(data)
+    with pytest.raises(SniffError) as info:
+        image_info(path, data[:64])
+    assert info.value.code == "decompression_bomb"
+    assert words in info.value.message
+
+
+def test_image_info_refuses_text(tmp_path: Path) -> None:
+    path = tmp_path / "t.part"
+    path.write_bytes(b"hello world\n")
+    with pytest.raises(SniffError) as info:
+        image_info(path, b"hello world\n")
+    assert info.value.code == "not_an_image" and "plain text" in info.value.message
+
+
+def test_pillow_would_agree(tmp_path: Path) -> None:
+    for fmt in ("jpg", "png", "webp", "avif", "gif"):
+        data = image_bytes("agree", fmt, 30, 20)
+        with Image.open(io.BytesIO(data)) as im:
+            assert im.size == (30, 20)
+
+
+# -- transport error mapping ----------------------------------------------------------------------
+
+
+def _key() -> ConnectionKey:
+    return ConnectionKey("h", 80, False, True, None, None, None)
+
+
+def test_error_mapping() -> None:
+    request = httpx.Request("GET", "http://h/")
+    blocked = aiohttp.ClientConnectorDNSError(_key(), AddressBlockedError("h resolves to 10.0.0.1"))
+    mapped = map_aiohttp_error(blocked, request)
+    assert isinstance(mapped, BlockedAddress) and mapped.reason == "h resolves to 10.0.0.1"
+    refused = aiohttp.ClientConnectorError(
+        _key(), ConnectionRefusedError(111, "Connection refused")
+    )
+    assert isinstance(map_aiohttp_error(refused, request), httpx.ConnectError)
+    assert isinstance(
+        map_aiohttp_error(aiohttp.ConnectionTimeoutError(), request), httpx.ConnectTimeout
+    )
+    assert isinstance(map_aiohttp_error(aiohttp.SocketTimeoutError(), request), httpx.ReadTimeout)
+    assert isinstance(
+        map_aiohttp_error(aiohttp.ClientPayloadError("short"), request), TruncatedBody
+    )
+    assert isinstance(
+        map_aiohttp_error(aiohttp.ServerDisconnectedError(), request), httpx.RemoteProtocolError
+    )
+    assert isinstance(
+        map_aiohttp_error(aiohttp.ClientOSError(104, "reset"), request), httpx.ReadError
+    )
+    assert isinstance(
+        map_aiohttp_error(aiohttp.ClientSSLError(_key(), OSError("bad")), request), TLSError
+    )
+    other = ValueError("not ours")
+    assert map_aiohttp_error(other, request) is other
+
+
+def test_transport_refuses_ip_literals_before_connecting(tmp_path: Path) -> None:
+    """IP-literal hosts never reach aiohttp's resolver: the transport vets them itself."""
+    settings = load_settings(allowed_private_networks=[])
+
+    async def main() -> None:
+        async with build_client(settings, Guard(settings)) as client:
+            with pytest.raises(BlockedAddress) as info:
+                await client.get("http://127.0.0.2:9/x")
+            assert "loopback" in info.value.reason
+
+    asyncio.run(main())
