@@ -17,13 +17,18 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from downloader import jobs
-from downloader.engine import Engine
-from downloader.inputs import InputError, ParsedInput, parse_bytes, parse_path
-from downloader.services import Services, build_services, run_engine_until_stopped
-from downloader.settings import SettingsError, load_settings
+from downloader.errors import UserError
+from downloader.settings import load_settings
+
+if TYPE_CHECKING:
+    from downloader.engine import Engine
+    from downloader.inputs import ParsedInput
+    from downloader.services import Services
+
+# Heavy modules (pandas, the parser, the jobs service) are imported inside the commands
+# that need them, so `worker` and `run`'s helper processes stay small.
 
 EXIT_OK = 0
 EXIT_UNHEALTHY = 1
@@ -31,7 +36,7 @@ EXIT_USAGE = 2
 IMAGES_PER_EXTRA_PROCESS = 400  # below this a second process costs more than it gives
 
 
-class CliError(Exception):
+class CliError(UserError):
     """A readable one-line problem; exit code 2."""
 
 
@@ -43,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.handler(args))
-    except (CliError, InputError, SettingsError, jobs.JobNotFound) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -112,6 +117,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _services(args: argparse.Namespace) -> Services:
+    from downloader.services import build_services
+
     overrides: dict[str, Any] = {}
     if getattr(args, "database_url", None):
         overrides["database_url"] = args.database_url
@@ -121,6 +128,8 @@ def _services(args: argparse.Namespace) -> Services:
 
 
 def _parse_input(args: argparse.Namespace, max_rows: int) -> ParsedInput:
+    from downloader.inputs import parse_bytes, parse_path
+
     options = {
         "sheet": args.sheet,
         "product_column": args.product_column,
@@ -149,6 +158,8 @@ def _emit(payload: dict[str, Any]) -> None:
 
 
 def _counts_payload(services: Services, job_id: str) -> dict[str, Any]:
+    from downloader import jobs
+
     summary = jobs.job_summary(services.db, job_id)
     counts = summary.counts
     return {
@@ -169,6 +180,8 @@ def _source_name(args: argparse.Namespace) -> str:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    from downloader import jobs
+
     services = _services(args)
     parsed = _parse_input(args, services.settings.max_rows_per_job)
     job = jobs.create_job(
@@ -186,6 +199,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from downloader import jobs
+    from downloader.engine import Engine
+    from downloader.services import run_engine_until_stopped
+
     started = time.monotonic()
     services = _services(args)
     parsed = _parse_input(args, services.settings.max_rows_per_job)
@@ -219,6 +236,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _process_count(args: argparse.Namespace, services: Services, pending: int) -> int:
+
     wanted = args.processes or services.settings.run_processes or os.cpu_count() or 1
     useful = max(1, math.ceil(pending / IMAGES_PER_EXTRA_PROCESS))
     return max(1, min(wanted, useful))
@@ -277,6 +295,8 @@ def _install_stop_handlers(
 def _show_progress(
     services: Services, job_id: str, thread: threading.Thread, *, quiet: bool
 ) -> None:
+    from downloader import jobs
+
     if quiet:
         thread.join()
         return
@@ -293,6 +313,8 @@ def _show_progress(
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from downloader import jobs
+
     services = _services(args)
     summary = jobs.job_summary(services.db, args.job_id)
     payload = _counts_payload(services, args.job_id)
@@ -303,6 +325,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_zip(args: argparse.Namespace) -> int:
+    from downloader import jobs
+
     services = _services(args)
     job = jobs.get_job(services.db, args.job_id)
     if args.product is not None:
@@ -324,6 +348,9 @@ def cmd_zip(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from downloader.engine import Engine
+    from downloader.services import run_engine_until_stopped
+
     services = _services(args)
     engine = Engine(
         services.db,

@@ -25,6 +25,10 @@ from downloader.archive import (
     stream_zip,
 )
 from downloader.db import Database, rowcount
+
+# re-exported: callers of the service API catch them as jobs.JobNotFound / jobs.RateLimited
+from downloader.errors import JobNotFound as JobNotFound
+from downloader.errors import RateLimited as RateLimited
 from downloader.inputs import ParsedInput
 from downloader.models import (
     IMAGE,
@@ -43,14 +47,6 @@ from downloader.storage import Storage
 
 INSERT_CHUNK = 20_000
 IMAGE_STATES = [s.value for s in ImageStatus]
-
-
-class JobNotFound(LookupError):
-    pass
-
-
-class RateLimited(RuntimeError):
-    pass
 
 
 @dataclass

@@ -12,10 +12,12 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from downloader.errors import UserError
+
 CsvList = Annotated[list[str], NoDecode]
 
 
-class SettingsError(ValueError):
+class SettingsError(UserError, ValueError):
     """A setting from the environment is invalid; the message names it."""
 
 

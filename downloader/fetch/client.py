@@ -128,6 +128,7 @@ class GuardedAiohttpTransport(httpx.AsyncBaseTransport):
     def __init__(self, session: aiohttp.ClientSession, guard: Guard | None) -> None:
         self.session = session
         self.guard = guard
+        self._timeouts: dict[tuple[float | None, ...], aiohttp.ClientTimeout] = {}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = URL(str(request.url), encoded=True)
@@ -136,6 +137,12 @@ class GuardedAiohttpTransport(httpx.AsyncBaseTransport):
             if reason is not None:
                 raise BlockedAddress(reason, request=request)
         timeout = request.extensions.get("timeout") or {}
+        key = (timeout.get("pool"), timeout.get("connect"), timeout.get("read"))
+        client_timeout = self._timeouts.get(key)
+        if client_timeout is None:
+            client_timeout = self._timeouts[key] = aiohttp.ClientTimeout(
+                total=None, connect=key[0], sock_connect=key[1], sock_read=key[2]
+            )
         try:
             response = await self.session.request(
                 request.method,
@@ -143,12 +150,7 @@ class GuardedAiohttpTransport(httpx.AsyncBaseTransport):
                 headers=request.headers.multi_items(),
                 data=request.content or None,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=timeout.get("pool"),
-                    sock_connect=timeout.get("connect"),
-                    sock_read=timeout.get("read"),
-                ),
+                timeout=client_timeout,
             )
         except (aiohttp.ClientError, OSError) as exc:
             raise map_aiohttp_error(exc, request) from exc

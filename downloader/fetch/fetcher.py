@@ -46,7 +46,7 @@ from downloader.fetch.client import (
 )
 from downloader.fetch.limits import CircuitBreaker, HostSlots, Pacer, Slots, scaled
 from downloader.fetch.retry import RetryPolicy, is_retryable_status, parse_retry_after
-from downloader.fetch.sniff import HEAD_BYTES, SniffError, image_info
+from downloader.fetch.sniff import HEAD_BYTES, SniffError, check_magic, image_info
 from downloader.guard import Guard
 
 if TYPE_CHECKING:
@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 DRAIN_LIMIT = 64 * 1024  # read small error/redirect bodies so the connection can be reused
 DECODE_STEP = 256 * 1024  # most decoded bytes produced per zlib call
+SPOOL_BYTES = 256 * 1024  # body bytes kept in memory before they are written out
 TEMP_SUFFIX = ".part"
 _O_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
@@ -524,15 +525,21 @@ class Fetcher:
                 status=status,
             )
 
-        path = self.temp_dir / f"{self._pid}-{uuid4().hex}{TEMP_SUFFIX}"
-        fd = os.open(path, _O_FLAGS, 0o600)
-        keep = False
         stats = self.stats
+        digest = hashlib.sha256()
+        size = 0  # decoded bytes
+        received = 0  # bytes on the wire
+        head = b""  # the first HEAD_BYTES decoded bytes, for the magic-number check
+        sniffed = False
+        # Bodies are spooled in memory up to SPOOL_BYTES and written with one system call;
+        # bigger ones go to the file SPOOL_BYTES at a time. The file is created only once
+        # there is something worth keeping.
+        pending: list[bytes] = []
+        pending_size = 0
+        path: Path | None = None
+        fd = -1
+        keep = False
         try:
-            digest = hashlib.sha256()
-            size = 0
-            received = 0
-            head = b""
             try:
                 async for chunk in response.aiter_raw():
                     received += len(chunk)
@@ -550,10 +557,27 @@ class Fetcher:
                             status=status,
                         )
                     for piece in pieces:
-                        if len(head) < HEAD_BYTES:
-                            head += piece[: HEAD_BYTES - len(head)]
                         digest.update(piece)
-                        _write_all(fd, piece)
+                        pending.append(piece)
+                    pending_size += produced
+                    if not sniffed and pending_size:
+                        if len(head) < HEAD_BYTES:
+                            head = (
+                                b"".join(pending)[:HEAD_BYTES]
+                                if len(pending) > 1
+                                else pending[0][:HEAD_BYTES]
+                            )
+                        if len(head) >= HEAD_BYTES:
+                            check_magic(head)  # a web page is refused before it is all read
+                            sniffed = True
+                    if pending_size >= SPOOL_BYTES:
+                        if fd < 0:
+                            path, fd = self._create_temp()
+                        _write_all(fd, b"".join(pending))
+                        pending = []
+                        pending_size = 0
+            except SniffError as exc:
+                return _Fail(exc.code, exc.message, status=status)
             except TruncatedBody:
                 return _truncated(status)
             except httpx.ReadTimeout:
@@ -585,10 +609,19 @@ class Fetcher:
                 return _truncated(status)
             if size == 0:
                 return _Fail("empty_body", "The server sent an empty file.", status=status)
-            os.close(fd)
-            fd = -1
+            whole = b"".join(pending) if fd < 0 else None  # the body, when it is all in memory
             try:
-                info = image_info(path, head)
+                if whole is not None:
+                    check_magic(whole[:HEAD_BYTES])
+                    path, fd = self._create_temp()
+                    _write_all(fd, whole)
+                elif pending:
+                    _write_all(fd, b"".join(pending))
+                pending = []
+                os.close(fd)
+                fd = -1
+                assert path is not None
+                info = image_info(path, head or (whole or b"")[:HEAD_BYTES], whole)
             except SniffError as exc:
                 return _Fail(exc.code, exc.message, status=status)
             keep = True
@@ -607,9 +640,14 @@ class Fetcher:
         finally:
             if fd >= 0:
                 os.close(fd)
-            if not keep:
+            if path is not None and not keep:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
+
+    def _create_temp(self) -> tuple[Path, int]:
+        """A new ``<pid>-<uuid>.part`` file in temp_dir (the pid lets a restart clean up)."""
+        path = self.temp_dir / f"{self._pid}-{uuid4().hex}{TEMP_SUFFIX}"
+        return path, os.open(path, _O_FLAGS, 0o600)
 
     # -- outcomes ----------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ parses the header, which is enough for width and height.
 from __future__ import annotations
 
 import contextlib
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,11 +85,8 @@ def describe_non_image(head: bytes) -> str:
     return "not a recognised image"
 
 
-def image_info(path: Path, head: bytes) -> ImageInfo:
-    """Format (from `head`, the file's first bytes) and dimensions (from the header at `path`).
-
-    Raises SniffError(not_an_image | decompression_bomb).
-    """
+def check_magic(head: bytes) -> str:
+    """The format of a body starting with `head`; SniffError(not_an_image) if unsupported."""
     fmt = sniff_format(head)
     if fmt is None:
         what = describe_non_image(head)
@@ -96,11 +94,22 @@ def image_info(path: Path, head: bytes) -> ImageInfo:
             "not_an_image",
             f"The file is not a JPEG, PNG, WebP, AVIF or GIF image ({what}).",
         )
+    return fmt
+
+
+def image_info(path: Path, head: bytes, data: bytes | None = None) -> ImageInfo:
+    """Format (from `head`, the file's first bytes) and dimensions (from the header of the
+    file at `path`, or of `data` when the whole body is at hand in memory).
+
+    Raises SniffError(not_an_image | decompression_bomb).
+    """
+    fmt = check_magic(head)
+    source: Path | io.BytesIO = io.BytesIO(data) if data is not None else path
     limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path, formats=[PIL_FORMATS[fmt]]) as im:
+            with Image.open(source, formats=[PIL_FORMATS[fmt]]) as im:
                 width, height = im.size
     except Image.DecompressionBombError:
         raise SniffError(

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from downloader.errors import UserError
+
 #: Longest product number, in characters.
 MAX_PRODUCT_CHARS = 64
 #: Longest URL, in characters.
@@ -22,7 +24,7 @@ BLANKS = "".join(chr(code) for code in range(0x3001) if chr(code).isspace()) + "
 BLANK_CLASS = "[" + BLANKS + "]"
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """The input cannot be used at all; ``str(exc)`` is one readable line for a person."""
 
     def __init__(self, message: str) -> None:

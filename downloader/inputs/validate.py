@@ -176,7 +176,8 @@ def _deduplicate(long: pd.DataFrame, valid: np.ndarray) -> tuple[pd.DataFrame, l
     url_codes, url_uniques = pd.factorize(long["url"], sort=False)
     keep = valid.copy()
     duplicates: list[RejectedRow] = []
-    if len(url_uniques) < int(valid.sum()):  # some URL appears twice (maybe for two products)
+    # Invalid rows' URLs are among url_uniques too: with any of them, count no shortcut.
+    if not valid.all() or len(url_uniques) < int(valid.sum()):  # some URL appears twice
         key = product_codes * max(len(url_uniques), 1) + url_codes
         key[~valid] = -1 - np.flatnonzero(~valid)  # invalid rows never match anything
         repeated = pd.Series(key).duplicated().to_numpy() & valid

@@ -5,6 +5,8 @@ Usage: `make_storage(settings).put(part_file, image_key(job, product_id, 1, "jpg
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from downloader.settings import Settings
 from downloader.storage.base import (
     DEFAULT_CHUNK_SIZE,
@@ -17,7 +19,19 @@ from downloader.storage.base import (
     iter_stream,
 )
 from downloader.storage.local import LocalStorage
-from downloader.storage.s3 import DEFAULT_MULTIPART_THRESHOLD, S3Storage
+
+if TYPE_CHECKING:
+    from downloader.storage.s3 import DEFAULT_MULTIPART_THRESHOLD, S3Storage
+
+
+def __getattr__(name: str) -> Any:
+    # boto3 costs ~35 MB and half a second: import it only where S3 is used
+    if name in ("S3Storage", "DEFAULT_MULTIPART_THRESHOLD"):
+        from downloader.storage import s3
+
+        return getattr(s3, name)
+    raise AttributeError(name)
+
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -38,6 +52,8 @@ __all__ = [
 def make_storage(settings: Settings, *, multipart_threshold: int | None = None) -> Storage:
     """The backend MEDIA_BACKEND names, configured from the settings."""
     if settings.media_backend == "s3":
+        from downloader.storage.s3 import DEFAULT_MULTIPART_THRESHOLD, S3Storage
+
         if not settings.aws_storage_bucket_name:
             raise StorageError("AWS_STORAGE_BUCKET_NAME is required when MEDIA_BACKEND=s3")
         return S3Storage(
