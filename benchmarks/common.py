@@ -7,7 +7,10 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from benchmarks.measure import Measurement
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -62,6 +65,24 @@ class RunRecord:
     problems: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def of(
+        cls, tool: str, round_no: int, m: Measurement, problems: list[str], **fields: Any
+    ) -> RunRecord:
+        return cls(
+            tool=tool,
+            round=round_no,
+            seconds=m.seconds,
+            peak_rss_mb=m.peak_rss_mb,
+            cpu_seconds=m.cpu_seconds,
+            returncode=m.returncode,
+            server_cpu_seconds=m.server_cpu_seconds,
+            other_load=m.other_load,
+            ok=not problems,
+            problems=problems,
+            **fields,
+        )
+
 
 @dataclass
 class SectionResult:
@@ -89,6 +110,13 @@ def child_env(**overrides: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if "proxy" not in key.lower()}
     env.update(overrides)
     return env
+
+
+def fresh_dir(path: Path) -> Path:
+    """An empty folder at path (whatever was there is deleted)."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
 
 
 def log(section: str, message: str) -> None:

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
-from benchmarks.common import REPO_ROOT, WORK_DIR, RunRecord, SectionResult, log, tail
+from benchmarks.common import (
+    REPO_ROOT,
+    WORK_DIR,
+    RunRecord,
+    SectionResult,
+    fresh_dir,
+    log,
+    tail,
+)
 from benchmarks.corpus import UrlList
 from benchmarks.measure import MB, run_measured
 from benchmarks.report import fmt, median, ok_runs, problems_cell
@@ -29,12 +36,6 @@ COLUMNS = [
     "other load",
     "check",
 ]
-
-
-def _fresh(path: Path) -> Path:
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    return path
 
 
 def round_dirs(section: str, tool: str, round_no: int) -> RoundDirs:
@@ -61,8 +62,8 @@ def run_round(
 ) -> RunRecord:
     """One timed run of one tool into fresh folders, checked, then cleaned up (unless keep)."""
     dirs = round_dirs(section, runner.name, round_no)
-    _fresh(dirs.scratch)
-    _fresh(dirs.files)
+    fresh_dir(dirs.scratch)
+    fresh_dir(dirs.files)
     dirs.stdout.parent.mkdir(parents=True, exist_ok=True)
     os.sync()  # earlier rounds' writes must not be flushed on this round's time
     m = run_measured(
@@ -75,19 +76,13 @@ def run_round(
         server_pid=server_pid,
     )
     verdict = runner.check(work, dirs, m)
-    record = RunRecord(
-        tool=runner.name,
-        round=round_no,
-        seconds=m.seconds,
-        peak_rss_mb=m.peak_rss_mb,
-        cpu_seconds=m.cpu_seconds,
-        returncode=m.returncode,
-        server_cpu_seconds=m.server_cpu_seconds,
-        other_load=m.other_load,
+    record = RunRecord.of(
+        runner.name,
+        round_no,
+        m,
+        verdict.problems,
         files=verdict.files,
         bytes=verdict.bytes,
-        ok=not verdict.problems,
-        problems=verdict.problems,
         extra=verdict.extra,
     )
     if record.ok:

@@ -39,19 +39,13 @@ def run_sibling(
         stderr=stderr,
         timeout=timeout,
     )
-    problems = ["timed out"] if m.timed_out else []
-    if m.returncode != 0 and not m.timed_out:
-        problems.append(f"exit code {m.returncode}")
+    problems = m.exit_problems()
     output = tail(stdout, 20)
-    record = RunRecord(
-        tool=" ".join([f"{module}.py", *(args or [])]),
-        round=1,
-        seconds=m.seconds,
-        peak_rss_mb=m.peak_rss_mb,
-        cpu_seconds=m.cpu_seconds,
-        returncode=m.returncode,
-        ok=not problems,
-        problems=problems,
+    record = RunRecord.of(
+        " ".join([f"{module}.py", *(args or [])]),
+        1,
+        m,
+        problems,
         extra={"stdout_tail": output, "json": last_json_line(stdout)},
     )
     if output:
@@ -73,10 +67,10 @@ def hook_row(record: RunRecord) -> list[str]:
     ]
 
 
-def page_section(timeout: float) -> SectionResult:
+def page_section(timeout: float, args: list[str] | None = None) -> SectionResult:
     """The job page render time, measured by benchmarks/bench_job_page.py once the UI exists."""
     section = SectionResult("page", columns=HOOK_COLUMNS)
-    record = run_sibling("page", "bench_job_page", timeout)
+    record = run_sibling("page", "bench_job_page", timeout, args)
     if record is None:
         return section.skip(
             "benchmarks/bench_job_page.py is not there yet (it comes with the job page UI)"

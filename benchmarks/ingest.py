@@ -12,6 +12,7 @@ from benchmarks.common import (
     RunRecord,
     SectionResult,
     child_env,
+    fresh_dir,
     log,
     tail,
 )
@@ -26,9 +27,7 @@ COLUMNS = ["rows", "ok rounds", "median s", "rows/s", "peak RSS MB", "DB MB", "c
 def _one(rows: int, round_no: int, timeout: float, env_overrides: dict[str, str]) -> RunRecord:
     csv_path = ingest_csv(rows)
     base = WORK_DIR / "runs" / "ingest"
-    scratch = base / "scratch" / f"{rows}-r{round_no}"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
+    scratch = fresh_dir(base / "scratch" / f"{rows}-r{round_no}")
     logs = base / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     stdout, stderr = logs / f"{rows}-r{round_no}.stdout", logs / f"{rows}-r{round_no}.stderr"
@@ -50,11 +49,7 @@ def _one(rows: int, round_no: int, timeout: float, env_overrides: dict[str, str]
         stderr=stderr,
         timeout=timeout,
     )
-    problems = []
-    if m.timed_out:
-        problems.append("timed out")
-    elif m.returncode != 0:
-        problems.append(f"exit code {m.returncode}")
+    problems = m.exit_problems()
     summary = last_json_line(stdout)
     if summary is None:
         problems.append("no JSON summary on the last stdout line")
@@ -64,15 +59,11 @@ def _one(rows: int, round_no: int, timeout: float, env_overrides: dict[str, str]
             f"expected images={rows}"
         )
     db_mb = sum(f.stat().st_size for f in scratch.glob("ingest.db*")) / MB
-    record = RunRecord(
-        tool=f"submit {rows}",
-        round=round_no,
-        seconds=m.seconds,
-        peak_rss_mb=m.peak_rss_mb,
-        cpu_seconds=m.cpu_seconds,
-        returncode=m.returncode,
-        ok=not problems,
-        problems=problems,
+    record = RunRecord.of(
+        f"submit {rows}",
+        round_no,
+        m,
+        problems,
         extra={"summary": summary, "db_mb": db_mb, "rows": rows},
     )
     log(

@@ -42,6 +42,11 @@ class Measurement:
     def peak_rss_mb(self) -> float:
         return self.peak_rss_bytes / MB
 
+    def exit_problems(self) -> list[str]:
+        if self.timed_out:
+            return ["timed out"]
+        return [f"exit code {self.returncode}"] if self.returncode else []
+
 
 def tree(pid: int) -> list[psutil.Process]:
     """A process and all its descendants (empty when it is gone)."""

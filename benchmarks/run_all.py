@@ -77,8 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     smoke = args.smoke
     args.rounds = args.rounds or (1 if smoke else 3)
     args.images = args.images or (200 if smoke else 10_000)
-    args.memory_products = args.memory_products or (1_000 if smoke else 100_000)
-    args.ingest_rows = args.ingest_rows or ("1000,10000" if smoke else "100000,1000000")
+    args.memory_products = args.memory_products or (200 if smoke else 100_000)
+    args.ingest_rows = args.ingest_rows or ("1000" if smoke else "100000,1000000")
     args.timeout = args.timeout or (120.0 if smoke else 1800.0)
     args.sections = [name for name in SECTIONS if name in _csv_list(args.only)]
     try:
@@ -196,11 +196,13 @@ def run_sections(args: argparse.Namespace) -> list[SectionResult]:
                 download.compare("memory", work, runners, rounds=args.memory_rounds, **common)
             )
         if "zip" in args.sections:  # bench_zip.py runs without a server; the master ZIP does not
-            work = None
+            zip_work = None
             if server is not None:
-                work = corpus.download_list(corpus.ensure_images(args.images), server.port)
+                zip_work = corpus.download_list(corpus.ensure_images(args.images), server.port)
             results.append(
-                zipbench.run(work, env_overrides=args.ours_env, zip_route=args.zip_route, **common)
+                zipbench.run(
+                    zip_work, env_overrides=args.ours_env, zip_route=args.zip_route, **common
+                )
             )
     if "ingest" in args.sections:
         results.append(
@@ -212,7 +214,8 @@ def run_sections(args: argparse.Namespace) -> list[SectionResult]:
             )
         )
     if "page" in args.sections:
-        results.append(hooks.page_section(args.timeout))
+        page_args = ["--products", "200", "--runs", "2"] if args.smoke else []
+        results.append(hooks.page_section(args.timeout, page_args))
     order = {name: index for index, name in enumerate(SECTIONS)}
     return sorted(results, key=lambda section: order[section.name])
 

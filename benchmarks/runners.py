@@ -60,11 +60,7 @@ def count_files(folder: Path, suffixes: set[str] | None = None) -> tuple[int, in
 
 
 def _common_problems(m: Measurement, verdict: Verdict, work: UrlList) -> list[str]:
-    problems = []
-    if m.timed_out:
-        problems.append("timed out")
-    elif m.returncode != 0:
-        problems.append(f"exit code {m.returncode}")
+    problems = m.exit_problems()
     if verdict.files != work.images:
         problems.append(f"{verdict.files} files written, expected {work.images}")
     elif verdict.bytes != work.total_bytes:

@@ -28,13 +28,13 @@ from benchmarks.common import (
 from benchmarks.corpus import UrlList
 from benchmarks.download import round_dirs, run_round
 from benchmarks.hooks import run_sibling
-from benchmarks.measure import MB, TreeRssPoller, run_measured
+from benchmarks.measure import MB, TreeRssPoller, run_measured, tree_cpu_seconds
 from benchmarks.nginx import free_port
 from benchmarks.report import fmt
 from benchmarks.runners import IMAGE_SUFFIXES, OURS_ENV, OursRunner
 
-COLUMNS = ["what", "ok", "seconds", "MB/s", "peak RSS MB", "ZIP MB", "check"]
-DEFAULT_ZIP_ROUTE = "/api/jobs/{job_id}/zip"
+COLUMNS = ["what", "ok", "seconds", "MB/s", "peak RSS MB", "CPU s", "ZIP MB", "check"]
+DEFAULT_ZIP_ROUTE = "/download/job/{job_id}.zip"  # app.py routes()
 
 
 @dataclass(frozen=True)
@@ -117,23 +117,9 @@ def bench_master_zip_cli(job: FinishedJob, timeout: float, env: dict[str, str]) 
         stderr=logs / "zip-cli.stderr",
         timeout=timeout,
     )
-    problems = ["timed out"] if m.timed_out else []
-    if m.returncode != 0 and not m.timed_out:
-        problems.append(f"exit code {m.returncode}")
+    problems = m.exit_problems() or check_zip(out, job.images)
     size = out.stat().st_size if out.exists() else 0
-    if not problems:
-        problems = check_zip(out, job.images)
-    record = RunRecord(
-        tool="master ZIP, CLI",
-        round=1,
-        seconds=m.seconds,
-        peak_rss_mb=m.peak_rss_mb,
-        cpu_seconds=m.cpu_seconds,
-        returncode=m.returncode,
-        bytes=size,
-        ok=not problems,
-        problems=problems,
-    )
+    record = RunRecord.of("master ZIP, CLI", 1, m, problems, bytes=size)
     if problems:
         record.extra["stderr_tail"] = tail(logs / "zip-cli.stderr")
         log("zip", f"zip CLI FAILED: {'; '.join(problems)}\n{record.extra['stderr_tail']}")
@@ -209,20 +195,30 @@ def bench_master_zip_http(
     out = WORK_DIR / "runs" / "zip" / "master-http.zip"
     with _streamlit_app(job, env) as (base, pid):
         url = base + route.format(job_id=job.job_id)
+        cpu_before = tree_cpu_seconds(pid)
         with TreeRssPoller(pid) as poller:
-            started = time.perf_counter()
-            with (
-                httpx.stream("GET", url, timeout=timeout, trust_env=False) as response,
-                out.open("wb") as handle,
-            ):
-                if response.status_code != 200:
-                    raise Skip(
-                        f"GET {route} answered {response.status_code}: the master-ZIP route is "
-                        "not there (set its path with --zip-route)"
-                    )
-                for chunk in response.iter_bytes(1 << 20):
-                    handle.write(chunk)
+            for _attempt in range(60):  # 503 while the app's lifespan is still starting
+                started = time.perf_counter()
+                with (
+                    httpx.stream("GET", url, timeout=timeout, trust_env=False) as response,
+                    out.open("wb") as handle,
+                ):
+                    if response.status_code == 503:
+                        time.sleep(1)
+                        continue
+                    kind = response.headers.get("content-type", "")
+                    if response.status_code != 200 or "zip" not in kind:
+                        raise Skip(
+                            f"GET {route} answered {response.status_code} {kind}: the master-ZIP "
+                            "route is not there (set its path with --zip-route)"
+                        )
+                    for chunk in response.iter_bytes(1 << 20):
+                        handle.write(chunk)
+                    break
+            else:
+                raise Skip(f"GET {route} answered 503 for a minute: the app never got ready")
             seconds = time.perf_counter() - started
+        cpu = tree_cpu_seconds(pid) - cpu_before
     size = out.stat().st_size
     problems = check_zip(out, job.images)
     out.unlink(missing_ok=True)
@@ -231,7 +227,7 @@ def bench_master_zip_http(
         round=1,
         seconds=seconds,
         peak_rss_mb=poller.peak / MB,
-        cpu_seconds=0.0,
+        cpu_seconds=cpu,
         returncode=0,
         bytes=size,
         ok=not problems,
@@ -248,6 +244,7 @@ def _row(record: RunRecord) -> list[str]:
         fmt(seconds, 2),
         fmt(record.bytes / MB / seconds if seconds and record.bytes else None, 0),
         fmt(record.peak_rss_mb, 1),
+        fmt(record.cpu_seconds, 1),
         fmt(record.bytes / MB if record.bytes else None, 0),
         "ok" if record.ok else "FAILED " + "; ".join(record.problems),
     ]
@@ -265,6 +262,7 @@ def _script_rows(record: RunRecord) -> list[list[str]]:
             fmt(result.get("seconds"), 2),
             fmt(result.get("mb_per_s"), 0),
             fmt(result.get("peak_rss_mb"), 1),
+            "-",
             fmt(result.get("zip_mb"), 0),
             "ok",
         ]

@@ -274,7 +274,8 @@ def queue(parsed: ParsedInput, name: str, source: str) -> None:
     except jobs.RateLimited as exc:
         st.error(str(exc), icon=":material/hourglass_top:")
         return
-    job = jobs.create_job(services.db, parsed, name=name, source=source, created_by=who)
+    with st.spinner(f"Queueing {parsed.images:,} images…"):
+        job = jobs.create_job(services.db, parsed, name=name, source=source, created_by=who)
     if state.get("source", GRID) == GRID:
         _clear_grid()
     common.open_job(job.id)

@@ -40,6 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LIMITS = {"MAX_GLOBAL_CONCURRENCY": "12", "MAX_PER_HOST_CONCURRENCY": "4"}
 FORMATS = ("jpg", "png", "webp")
 IMAGE_SIZE = (160, 120)  # big enough to arrive in several pieces
+BIG_SIZE = (640, 480)  # every BIG_EVERY-th image: a ~900 KB PNG, written to a .part file
+BIG_EVERY = 10
 PIECES = 6
 PIECE_INTERVAL = 0.02  # seconds between body pieces: every download spends time mid-body
 KEY_RE = re.compile(r"^jobs/(?P<job>[0-9a-f]+)/(?P<product>\d+)/(?P<position>\d+)\.(?P<ext>[a-z]+)$")
@@ -56,21 +58,24 @@ def seeded_rng(name: str) -> random.Random:
 
 def crash_image(ident: int) -> tuple[str, str]:
     """(server path, format) of image `ident`: unique bytes, the format varies."""
-    fmt = FORMATS[ident % len(FORMATS)]
+    fmt = "png" if ident % BIG_EVERY == 0 else FORMATS[ident % len(FORMATS)]
     return f"/crash/{ident}.{fmt}", fmt
 
 
 def crash_bytes(ident: int) -> bytes:
     fmt = crash_image(ident)[1]
-    return image_bytes(f"crash-{ident}", fmt, *IMAGE_SIZE)
+    size = BIG_SIZE if ident % BIG_EVERY == 0 else IMAGE_SIZE
+    return image_bytes(f"crash-{ident}", fmt, *size)
 
 
 def serve_crash_images(server: ImageServer) -> None:
     """`/crash/<id>.<fmt>`: a unique image, sent in pieces with a pause between them."""
 
     def handler(req: Req) -> Reply:
-        data = crash_bytes(int(req.param("id") or 0))
-        step = -(-len(data) // PIECES)
+        ident = int(req.param("id") or 0)
+        data = crash_bytes(ident)
+        pieces_count = PIECES * 3 if ident % BIG_EVERY == 0 else PIECES
+        step = -(-len(data) // pieces_count)
         pieces = [data[i : i + step] for i in range(0, len(data), step)]
         return Reply(body=pieces, length=len(data), content_type="image/jpeg", interval=PIECE_INTERVAL)
 

@@ -19,7 +19,7 @@ import pytest
 import uvloop
 
 from downloader.fetch import Fetcher, FetchOutcome, remove_leftovers
-from downloader.fetch.fetcher import DECODE_STEP
+from downloader.fetch.fetcher import DECODE_STEP, SPOOL_BYTES
 from downloader.settings import Settings, load_settings
 from tests.support import imageserver
 from tests.support.imageserver import (
@@ -27,6 +27,7 @@ from tests.support.imageserver import (
     ImageServer,
     Reply,
     Req,
+    big_body,
     closed_port_url,
     image_bytes,
 )
@@ -405,7 +406,6 @@ def test_html_labelled_as_jpeg_is_not_an_image(image_server: ImageServer, tmp_pa
     assert "HTML" in (outcome.error or "")
     assert outcome.attempts == 1
     assert leftovers(tmp_path) == []
-    assert HTML_PAGE  # the served body
 
 
 @pytest.mark.parametrize(
@@ -530,19 +530,26 @@ def test_bad_urls(tmp_path: Path, url: str) -> None:
 # -- cancellation and temp files --------------------------------------------------------------
 
 
+@pytest.mark.parametrize("spilled", [False, True])
 def test_cancellation_propagates_and_removes_the_temp_file(
-    image_server: ImageServer, tmp_path: Path
+    image_server: ImageServer, tmp_path: Path, spilled: bool
 ) -> None:
+    """Cancelled mid-body: small bodies are still in memory, big ones already in a file."""
+    first = big_body(SPOOL_BYTES + 1000 if spilled else 1000)
+    image_server.add_route(
+        r"/stall",
+        lambda req: Reply(body=[first, *[b"x"] * 50], length=len(first) + 50, interval=0.1),
+    )
+
     async def main() -> Fetcher:
         async with Fetcher(make_settings(), tmp_path) as fetcher:
-            task = asyncio.create_task(
-                fetcher.fetch(image_server.url("trickle?bytes=50&interval=0.1"))
-            )
-            for _ in range(100):  # wait until the body is arriving
-                await asyncio.sleep(0.05)
-                if list(tmp_path.glob("*.part")):
+            task = asyncio.create_task(fetcher.fetch(image_server.url("stall")))
+            for _ in range(200):  # wait until the body is arriving
+                await asyncio.sleep(0.02)
+                if fetcher.stats.bytes >= len(first):
                     break
-            assert list(tmp_path.glob("*.part"))
+            assert fetcher.stats.bytes >= len(first)
+            assert bool(list(tmp_path.glob("*.part"))) == spilled
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -551,6 +558,33 @@ def test_cancellation_propagates_and_removes_the_temp_file(
     fetcher = asyncio.run(main())
     assert leftovers(tmp_path) == []
     assert fetcher.stats.in_flight == 0 and fetcher.stats.active == 0
+
+
+def test_big_bodies_are_written_in_pieces(image_server: ImageServer, tmp_path: Path) -> None:
+    data = image_bytes("large", "png", 700, 500)
+    assert len(data) > 3 * SPOOL_BYTES
+    image_server.add_route(r"/large", lambda req: Reply(body=data, content_type="image/png"))
+    outcome = fetch_one(make_settings(), tmp_path, image_server.url("large"))
+    assert outcome.ok and (outcome.width, outcome.height) == (700, 500)
+    assert outcome.temp_path is not None and outcome.temp_path.read_bytes() == data
+    assert outcome.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_non_image_is_refused_before_it_is_all_read(
+    image_server: ImageServer, tmp_path: Path
+) -> None:
+    page = HTML_PAGE * 100_000  # 9 MB of HTML
+    image_server.add_route(r"/page", lambda req: Reply(body=[page[:1000], page[1000:]]))
+
+    async def main() -> tuple[FetchOutcome, int]:
+        async with Fetcher(make_settings(), tmp_path) as fetcher:
+            outcome = await fetcher.fetch(image_server.url("page"))
+            return outcome, fetcher.stats.bytes
+
+    outcome, received = asyncio.run(main())
+    assert_failed(outcome, "not_an_image")
+    assert received < len(page) // 2
+    assert leftovers(tmp_path) == []
 
 
 def test_fetch_needs_an_open_fetcher(tmp_path: Path) -> None:
