@@ -14,6 +14,7 @@ import sys
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,7 +59,7 @@ class Cli:
             timeout=180,
         )
 
-    def sql(self, query: str) -> list[tuple[object, ...]]:
+    def sql(self, query: str) -> list[tuple[Any, ...]]:
         with sqlite3.connect(self.db_path, timeout=30) as conn:
             return conn.execute(query).fetchall()
 

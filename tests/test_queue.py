@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 
 from downloader import queue
 from downloader.db import Database, open_database
-from downloader.models import Image, ImageStatus, Job, JobStatus, Product, Worker
+from downloader.models import IMAGE, Image, ImageStatus, Job, JobStatus, Product, Worker
 from downloader.queue import Result
 
 
@@ -51,7 +51,7 @@ def statuses(db: Database, job_id: str) -> list[str]:
     with db.read() as session:
         return list(
             session.execute(
-                select(Image.status).where(Image.job_id == job_id).order_by(Image.id)
+                select(IMAGE.c.status).where(IMAGE.c.job_id == job_id).order_by(IMAGE.c.id)
             ).scalars()
         )
 
