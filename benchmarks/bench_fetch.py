@@ -219,7 +219,9 @@ async def mode_fetcher(items: list[str], concurrency: int) -> float:
         max_per_host_concurrency=concurrency,
         download_qps=0,
     )
-    with tempfile.TemporaryDirectory(prefix="bench-fetch-") as tmp:
+    with tempfile.TemporaryDirectory(
+        prefix="bench-fetch-", dir=os.environ.get("BENCH_TEMP")
+    ) as tmp:
         async with Fetcher(settings, Path(tmp)) as fetcher:
 
             async def get(url: str) -> None:
@@ -268,6 +270,9 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-uvloop", action="store_true")
+    parser.add_argument(
+        "--temp-dir", help="where the fetcher writes its temp files (default: the system temp)"
+    )
     parser.add_argument("--child", nargs=2, metavar=("MODE", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -288,6 +293,8 @@ def main() -> None:
     port = free_port()
     nginx = start_nginx(work, port)
     env = dict(os.environ, PYTHONPATH=str(root))
+    if args.temp_dir:
+        env["BENCH_TEMP"] = args.temp_dir
     try:
         results: dict[str, list[float]] = {}
         cpu_rates: dict[str, list[float]] = {}

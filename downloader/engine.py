@@ -102,7 +102,6 @@ class Engine:
         temp_dir.mkdir(parents=True, exist_ok=True)
         # .part files of processes that died mid-download on this host
         await anyio.to_thread.run_sync(self.storage.clean_temp)
-        await anyio.to_thread.run_sync(self.storage.clean_temp)  # dead processes' .part files
         try:
             async with Fetcher(self.settings, temp_dir) as fetcher:
                 fetcher.set_share(self.share)
@@ -228,11 +227,17 @@ class Engine:
                 http_status=outcome.http_status,
             )
         key = image_key(item.job_id, item.product_id, item.position, outcome.format)
-        if self.storage.name == "local":
-            self.storage.put(outcome.temp_path, key)  # an os.replace: cheaper than a thread hop
-        else:
-            content_type = CONTENT_TYPES.get(outcome.format)
-            await anyio.to_thread.run_sync(self.storage.put, outcome.temp_path, key, content_type)
+        try:
+            if self.storage.name == "local":
+                self.storage.put(outcome.temp_path, key)  # an os.replace: no thread hop
+            else:
+                content_type = CONTENT_TYPES.get(outcome.format)
+                await anyio.to_thread.run_sync(
+                    self.storage.put, outcome.temp_path, key, content_type
+                )
+        except BaseException:
+            outcome.temp_path.unlink(missing_ok=True)  # a failed upload leaves no local copy
+            raise
         return Result(
             image_id=item.image_id,
             status=ImageStatus.DONE,

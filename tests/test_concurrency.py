@@ -26,20 +26,28 @@ import pytest
 from downloader import jobs
 from downloader.inputs import parse_text
 from downloader.services import Services
-from tests.support.imageserver import ImageServer, Reply, Req, image_bytes, image_server  # noqa: F401
+from tests.support.imageserver import ImageServer, Reply, Req, image_bytes
 from tests.test_cli import Cli, last_json, write_input
 from tests.test_crash import LIMITS, ROOT, in_process_services, spawn
 
 LOCKED = ("database is locked", "database table is locked", "Traceback")
 
 
-def serve_paced_images(server: ImageServer, delay: float = 0.02) -> None:
-    """`/paced/<name>.jpg`: the image `name`, after `delay` seconds (keeps the worker busy)."""
+def serve_paced_images(server: ImageServer, delay: float = 0.02) -> threading.Event:
+    """`/paced/<name>.jpg`: the image `name`, after `delay` seconds (keeps the worker busy).
+
+    While the returned event is set, images whose name starts with "bg-" take 1 s: the
+    worker keeps recording results at a steady pace, without running out of work.
+    """
+    slow_background = threading.Event()
 
     def handler(req: Req) -> Reply:
-        return Reply.image(req.param("name") or "x", "jpg", delay=delay)
+        name = req.param("name") or "x"
+        wait = 1.0 if slow_background.is_set() and name.startswith("bg-") else delay
+        return Reply.image(name, "jpg", delay=wait)
 
     server.add_route(r"^/paced/(?P<name>[^/]+)\.jpg$", handler)
+    return slow_background
 
 
 @dataclass
@@ -95,7 +103,10 @@ def assert_job_matches(services: Services, job_id: str, planned: Planned) -> Non
     assert job.images == planned.images == counts.total, (job, counts)
     assert job.products == planned.products == len(jobs.product_numbers(services.db, job_id))
     assert (counts.done, counts.failed, counts.duplicate, counts.pending) == (
-        planned.done, planned.failed, 0, 0,
+        planned.done,
+        planned.failed,
+        0,
+        0,
     ), counts
     urls = {row.source_url for row in jobs.manifest_rows(services.db, job_id)}
     assert urls == planned.urls, "a job holds exactly its own rows"
@@ -114,27 +125,34 @@ def test_five_sessions_and_five_submits_at_the_same_moment_while_a_worker_downlo
     tmp_path: Path, image_server: ImageServer
 ) -> None:
     s = image_server
-    serve_paced_images(s)
+    slow_background = serve_paced_images(s)
+    slow_background.set()
     cli = Cli(tmp_path)
     services = in_process_services(tmp_path)
-    background = plan_job(s, "bg", 120, failed=6)
+    background = plan_job(s, "bg", 200, failed=6)
     background_id = jobs.create_job(services.db, parse_text(as_text(background.rows))).id
 
     worker_log = tmp_path / "worker.log"
-    worker = spawn(cli, [sys.executable, "-m", "downloader", "worker"], worker_log)
+    worker = spawn(
+        cli, [sys.executable, "-m", "downloader", "worker"], worker_log, MAX_GLOBAL_CONCURRENCY="6"
+    )
     try:
         wait_for(lambda: jobs.job_counts(services.db, background_id).done >= 10, 60, "downloads")
 
         # five browser sessions (threads sharing the app's Database) ...
-        session_plans = [plan_job(s, f"s{k}", 20 + 7 * k, failed=k) for k in range(5)]
+        session_plans = [plan_job(s, f"s{k}", 8 + 3 * k, failed=k) for k in range(5)]
         parsed = [parse_text(as_text(p.rows)) for p in session_plans]
         # ... and five `submit` processes, each with one duplicate and one rejected row
-        submit_plans = [plan_job(s, f"c{k}", 30 + 5 * k, failed=k + 1) for k in range(5)]
+        submit_plans = [plan_job(s, f"c{k}", 10 + 4 * k, failed=k + 1) for k in range(5)]
         sources = []
         for k, planned in enumerate(submit_plans):
             extra = [planned.rows[-1], ("bad sku!", s.url("/img/never.jpg"))]
             sources.append(write_input(tmp_path / f"submit{k}.csv", planned.rows + extra))
 
+        def background_done() -> int:
+            return jobs.job_counts(services.db, background_id).done
+
+        done_before = background_done()
         barrier = threading.Barrier(5)
         created: dict[int, str] = {}
         errors: list[BaseException] = []
@@ -151,8 +169,11 @@ def test_five_sessions_and_five_submits_at_the_same_moment_while_a_worker_downlo
         submits = [
             subprocess.Popen(
                 [sys.executable, "-m", "downloader", "submit", str(src)],
-                cwd=ROOT, env={**cli.env, **LIMITS},
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                cwd=ROOT,
+                env={**cli.env, **LIMITS},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )
             for src in sources
         ]
@@ -170,6 +191,9 @@ def test_five_sessions_and_five_submits_at_the_same_moment_while_a_worker_downlo
             info = last_json(out)
             assert (info["images"], info["rejected"]) == (planned.images, 1)
             submitted.append(str(info["job_id"]))
+        # the worker recorded results all along, and still had work when the last job landed
+        assert done_before < background_done() < background.done
+        slow_background.clear()
 
         all_jobs = [(background_id, background)]
         all_jobs += [(created[k], session_plans[k]) for k in range(5)]
@@ -186,7 +210,9 @@ def test_five_sessions_and_five_submits_at_the_same_moment_while_a_worker_downlo
     for job_id, planned in all_jobs:
         assert_job_matches(services, job_id, planned)
     for k in range(5):
-        assert cli.sql(f"SELECT created_by FROM job WHERE id = '{created[k]}'") == [(f"session-{k}",)]
+        assert cli.sql(f"SELECT created_by FROM job WHERE id = '{created[k]}'") == [
+            (f"session-{k}",)
+        ]
     assert cli.sql("SELECT count(*) FROM job") == [(11,)]
     assert cli.sql("SELECT count(*) FROM image WHERE status IN ('queued', 'downloading')") == [(0,)]
 

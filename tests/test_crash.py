@@ -33,7 +33,7 @@ from downloader import jobs
 from downloader.inputs import parse_path
 from downloader.services import Services, build_services
 from downloader.settings import load_settings
-from tests.support.imageserver import ImageServer, Reply, Req, image_bytes, image_server  # noqa: F401
+from tests.support.imageserver import ImageServer, Reply, Req, image_bytes
 from tests.test_cli import Cli, last_json, write_input
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,9 @@ BIG_SIZE = (640, 480)  # every BIG_EVERY-th image: a ~900 KB PNG, written to a .
 BIG_EVERY = 10
 PIECES = 6
 PIECE_INTERVAL = 0.02  # seconds between body pieces: every download spends time mid-body
-KEY_RE = re.compile(r"^jobs/(?P<job>[0-9a-f]+)/(?P<product>\d+)/(?P<position>\d+)\.(?P<ext>[a-z]+)$")
+KEY_RE = re.compile(
+    r"^jobs/(?P<job>[0-9a-f]+)/(?P<product>\d+)/(?P<position>\d+)\.(?P<ext>[a-z]+)$"
+)
 
 
 def seeded_rng(name: str) -> random.Random:
@@ -77,7 +79,9 @@ def serve_crash_images(server: ImageServer) -> None:
         pieces_count = PIECES * 3 if ident % BIG_EVERY == 0 else PIECES
         step = -(-len(data) // pieces_count)
         pieces = [data[i : i + step] for i in range(0, len(data), step)]
-        return Reply(body=pieces, length=len(data), content_type="image/jpeg", interval=PIECE_INTERVAL)
+        return Reply(
+            body=pieces, length=len(data), content_type="image/jpeg", interval=PIECE_INTERVAL
+        )
 
     server.add_route(r"^/crash/(?P<id>\d+)\.(?:jpg|png|webp)$", handler)
 
@@ -90,7 +94,9 @@ class CrashJob:
     expected: dict[str, bytes]  # url -> the exact bytes the server sends
 
 
-def make_crash_job(tmp_path: Path, server: ImageServer, total: int, per_product: int = 5) -> CrashJob:
+def make_crash_job(
+    tmp_path: Path, server: ImageServer, total: int, per_product: int = 5
+) -> CrashJob:
     serve_crash_images(server)
     rows, expected = [], {}
     for ident in range(total):
@@ -176,7 +182,9 @@ class Snapshot:
 def check_invariants(cli: Cli, crash: CrashJob, *, final: bool = False) -> Snapshot:
     """What must hold after any crash (and, with `final`, after the job completed)."""
     snap = Snapshot()
-    job_rows = sql(cli.db_path, "SELECT images, products, status FROM job WHERE id = ?", crash.job_id)
+    job_rows = sql(
+        cli.db_path, "SELECT images, products, status FROM job WHERE id = ?", crash.job_id
+    )
     assert len(job_rows) == 1
     images, products, status = job_rows[0]
     rows = sql(
@@ -186,7 +194,10 @@ def check_invariants(cli: Cli, crash: CrashJob, *, final: bool = False) -> Snaps
         crash.job_id,
     )
     assert images == crash.total == len(rows), "the job's count must match its image rows"
-    assert products == sql(cli.db_path, "SELECT count(*) FROM product WHERE job_id = ?", crash.job_id)[0][0]
+    assert (
+        products
+        == sql(cli.db_path, "SELECT count(*) FROM product WHERE job_id = ?", crash.job_id)[0][0]
+    )
     by_slot = {(int(r[0]), int(r[1])): r for r in rows}  # type: ignore[call-overload]
     assert len(by_slot) == len(rows)
     for product_id, position, url, state, key, sha, size, fmt in rows:
@@ -259,8 +270,13 @@ def test_engine_processes_sigkilled_three_times_at_random_moments_then_the_job_c
             delay = rng.uniform(0.3, 6.0)
             plan = f"{delay:.2f} s after start"
             wait_until(
-                lambda: time.monotonic() - started >= delay or done_count(cli.db_path, crash.job_id) >= cap,
-                60, proc, log,
+                lambda: (
+                    time.monotonic() - started >= delay
+                    or done_count(cli.db_path, crash.job_id) >= cap
+                ),
+                60,
+                proc,
+                log,
             )
         else:
             target, extra = before + rng.randint(1, 40), rng.uniform(0.0, 0.3)
@@ -284,7 +300,10 @@ def test_engine_processes_sigkilled_three_times_at_random_moments_then_the_job_c
     summary = last_json(final.stdout)
     assert summary["job_id"] == crash.job_id
     assert (summary["images"], summary["done"], summary["duplicate"], summary["failed"]) == (
-        crash.total, crash.total, 0, 0,
+        crash.total,
+        crash.total,
+        0,
+        0,
     )
     check_invariants(cli, crash, final=True)
     assert_not_fetched_again(s, fetched_at_kill)
@@ -310,12 +329,21 @@ def test_the_streamlit_app_sigkilled_mid_job_then_started_again_completes_the_jo
 
     def start_app() -> subprocess.Popen[bytes]:
         args = [
-            sys.executable, "-m", "streamlit", "run", "app.py",
-            "--server.headless", "true",
-            "--server.port", str(free_port()),
-            "--server.address", "127.0.0.1",
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(free_port()),
+            "--server.address",
+            "127.0.0.1",
         ]
-        return spawn(cli, args, log, EMBEDDED_WORKER="true", STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+        return spawn(
+            cli, args, log, EMBEDDED_WORKER="true", STREAMLIT_BROWSER_GATHER_USAGE_STATS="false"
+        )
 
     app = start_app()
     target, extra = rng.randint(5, 80), rng.uniform(0.0, 0.3)
@@ -333,9 +361,13 @@ def test_the_streamlit_app_sigkilled_mid_job_then_started_again_completes_the_jo
     app = start_app()
     try:
         wait_until(
-            lambda: sql(cli.db_path, "SELECT status FROM job WHERE id = ?", crash.job_id)
-            == [("completed",)],
-            120, app, log,
+            lambda: (
+                sql(cli.db_path, "SELECT status FROM job WHERE id = ?", crash.job_id)
+                == [("completed",)]
+            ),
+            120,
+            app,
+            log,
         )
     finally:
         app.send_signal(signal.SIGTERM)
@@ -345,5 +377,7 @@ def test_the_streamlit_app_sigkilled_mid_job_then_started_again_completes_the_jo
             kill(app)
     check_invariants(cli, crash, final=True)
     assert_not_fetched_again(s, fetched_at_kill)
+    # the killed app's engine was reaped, the stopped one unregistered
+    assert cli.sql("SELECT count(*) FROM worker") == [(0,)]
     assert cli.sql("SELECT count(*) FROM image WHERE lease_owner IS NOT NULL") == [(0,)]
     assert "Traceback" not in log.read_text()

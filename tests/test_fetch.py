@@ -628,3 +628,76 @@ def test_route_errors_are_visible(image_server: ImageServer, tmp_path: Path) -> 
     image_server.add_route(r"/broken", broken)
     outcome = fetch_one(make_settings(max_retries=0), tmp_path, image_server.url("broken"))
     assert outcome.error_code == "http_500"
+
+
+# -- TLS ----------------------------------------------------------------------------------------
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.2")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.2"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls_certificates_are_verified(tmp_path: Path) -> None:
+    """An untrusted certificate fails the download (and is not retried): verification is on."""
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    temp = tmp_path / "temp"
+    handshakes: list[bool] = []
+
+    async def main() -> FetchOutcome:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            handshakes.append(True)
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.2", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with Fetcher(make_settings(), temp) as fetcher:
+                return await fetcher.fetch(f"https://127.0.0.2:{port}/img/a.jpg")
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    outcome = asyncio.run(main())
+    assert_failed(outcome, "connection_error")
+    assert outcome.error is not None and outcome.error.startswith("The secure connection failed")
+    assert "certificate" in outcome.error.lower()
+    assert outcome.attempts == 1
+    assert handshakes == []  # no request was ever served

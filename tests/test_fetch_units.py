@@ -171,6 +171,11 @@ def test_pacer_spaces_requests() -> None:
     assert pacer.reserve(now=200.0) == 0.0
     burst = Pacer(10, burst=3)
     assert [burst.reserve(now=0.0) for _ in range(4)] == pytest.approx([0.0, 0.0, 0.0, 0.1])
+    assert Pacer(20).burst == 1  # the default rate: evenly spaced
+    fast = Pacer(1000)  # a 50-request bucket absorbs timer lag
+    assert fast.burst == 50
+    assert [fast.reserve(now=0.0) for _ in range(50)] == [0.0] * 50
+    assert fast.reserve(now=0.0) == pytest.approx(0.001)
 
 
 def test_scaled_never_below_one() -> None:

@@ -319,3 +319,19 @@ def test_heartbeat_and_result_batches_of_one_worker_do_not_deadlock(pg_db: Datab
         beater.join()
     assert errors == []
     assert status_counts(pg_db, job_id) == Counter({"done": 1000})
+
+
+def test_without_a_server_tests_skip_visibly_or_fail_when_required(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pg, "PG_PORT", 1)  # nothing listens on 127.0.0.1:1
+    pg.server_problem.cache_clear()
+    try:
+        monkeypatch.delenv("REQUIRE_POSTGRES", raising=False)
+        with pytest.raises(pytest.skip.Exception, match=r"not answering on 127\.0\.0\.1:1"):
+            pg.require_server()
+        monkeypatch.setenv("REQUIRE_POSTGRES", "1")
+        with pytest.raises(pytest.fail.Exception, match="REQUIRE_POSTGRES=1"):
+            pg.require_server()
+    finally:
+        pg.server_problem.cache_clear()

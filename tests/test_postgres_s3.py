@@ -106,3 +106,25 @@ def test_engine_on_postgres_and_s3(
     assert sorted(product.namelist()) == sorted(
         ["manifest.csv", *(f"P0_{i}.jpg" for i in range(1, 7))]  # P0_7 is the duplicate
     )
+
+
+def test_a_failed_upload_leaves_no_local_copy(
+    pg_url: str, pg_db: Database, image_server: ImageServer, s3_overrides: dict[str, Any]
+) -> None:
+    settings = load_settings(
+        **{
+            **s3_overrides,
+            "aws_storage_bucket_name": f"{s3_overrides['aws_storage_bucket_name']}-gone",
+        },
+        database_url=pg_url,
+        allowed_private_networks=["127.0.0.0/8"],
+        download_qps=0,
+    )
+    storage = make_storage(settings)
+    job = jobs.create_job(pg_db, parse_text(f"P\t{image_server.url('/img/lost.jpg')}"))
+    engine = Engine(pg_db, storage, settings, kind="run", job_id=job.id, share=1.0)
+    anyio.run(lambda: engine.run(until_idle=True))
+    (row,) = jobs.manifest_rows(pg_db, job.id)
+    assert row.status == "failed"  # the bucket does not exist
+    assert image_server.count("/img/lost.jpg") == 1
+    assert not [p for p in storage.temp_dir().iterdir() if p.is_file()]

@@ -111,18 +111,21 @@ class HostSlots:
 
 
 class Pacer:
-    """Global requests-per-second limit (GCRA, i.e. a token bucket of size `burst`).
+    """Global requests-per-second limit (GCRA, i.e. a token bucket of `burst` requests).
 
     `acquire` returns when the caller may send. Rate 0 disables pacing. Each caller reserves
     its send time on entry, so waiting is O(1) and FIFO; a caller cancelled while waiting
     forfeits its reserved time.
     """
 
-    def __init__(self, rate: float, burst: float = 1.0) -> None:
+    BURST_SECONDS = 0.05  # default bucket: 50 ms worth of requests, at least one
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
         self._rate = 0.0
         self._interval = 0.0
         self._tolerance = 0.0
-        self._burst = max(1.0, burst)
+        self._fixed_burst = burst
+        self.burst = 1.0
         self._tat = 0.0  # theoretical arrival time of the next request
         self.set_rate(rate)
 
@@ -131,10 +134,14 @@ class Pacer:
         return self._rate
 
     def set_rate(self, rate: float) -> None:
+        """Change the rate (0 = off); at low rates requests are evenly spaced, at high rates a
+        small bucket absorbs event-loop timer lag instead of losing throughput to it."""
         self._rate = max(0.0, rate)
         if self._rate > 0:
             self._interval = 1.0 / self._rate
-            self._tolerance = (self._burst - 1.0) * self._interval
+            wanted = self._fixed_burst or self._rate * self.BURST_SECONDS
+            self.burst = max(1.0, float(int(wanted)))
+            self._tolerance = (self.burst - 1.0) * self._interval
 
     def reserve(self, now: float) -> float:
         """Reserve the next send time; returns how long to wait from `now`."""
