@@ -1,8 +1,13 @@
 """`Fetcher`: download one image URL to a verified temp file, politely.
 
 Per image: guard check -> [per-host slot -> global slot -> circuit breaker -> QPS pacer ->
-request -> body to temp file (SHA-256 and size counted as bytes arrive) -> sniff] with manual
+request -> body (SHA-256 and size counted as bytes arrive) -> temp file -> sniff] with manual
 redirects (each hop re-checked by the guard) and retries (slots released while sleeping).
+
+The body is spooled in memory up to SPOOL_BYTES (256 KiB) and then written in pieces of that
+size, so a typical image costs one file creation and one write, and its dimensions are read
+from memory; the magic number is checked as soon as the first bytes arrive (a web page is
+refused without reading it all, and without creating a file).
 
 Deadline semantics (DOWNLOAD_DEADLINE): a budget for one image's *own* time - every request of
 every attempt (connect, headers, body, redirect hops) plus the backoff sleeps between attempts.
@@ -478,14 +483,15 @@ class Fetcher:
             return _Redirect(target, status)
         if not 200 <= status < 300 or status == 206:
             await self._drain(response)
+            retryable = is_retryable_status(status)
             retry_after = None
-            if status in (429, 503) or is_retryable_status(status):
+            if retryable:
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
             return _Fail(
                 f"http_{status}",
                 f"The server answered {status} {_reason_phrase(response)}.".replace(" .", "."),
                 status=status,
-                retryable=is_retryable_status(status),
+                retryable=retryable,
                 retry_after=retry_after,
             )
         return await self._receive(response, job)
