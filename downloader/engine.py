@@ -77,6 +77,10 @@ class Engine:
         self._flush_wanted = anyio.Event()
         self._stopping = False
         self._active = 0  # download tasks running now
+        # Claimed and not yet downloaded. Finished downloads waiting for the next result
+        # flush do not count: they hold no download slot, and counting them would cap
+        # throughput at capacity / flush interval.
+        self._downloading = 0
         self.drain_seconds = 10.0
         self._standby = False  # beyond the politeness cap: heartbeat and reap, claim nothing
         self.retention_delay = 60.0  # first retention pass after start, then every interval
@@ -84,9 +88,11 @@ class Engine:
         self._capacity = self._compute_capacity(self.share)
 
     def _compute_capacity(self, share: float) -> int:
-        # Keep every download slot busy plus a small backlog waiting on per-host limits.
+        # Every download slot busy plus a backlog as large again: while a claim waits for
+        # the database (another process's write holds SQLite's lock), the backlog keeps the
+        # slots fed. The backlog also gives the per-host limits work from other hosts.
         slots = max(1, math.floor(self.settings.max_global_concurrency * share))
-        return slots + max(8, slots // 2)
+        return 2 * slots + 8
 
     def stop(self) -> None:
         """Stop claiming; in-flight downloads finish (or are released on cancel)."""
@@ -150,12 +156,13 @@ class Engine:
         idle_sleep = 0.05
         last_reap = time.monotonic()
         while not self._stopping:
-            room = self._capacity - len(self._in_flight)
+            room = self._capacity - self._downloading
             wanted = min(self.settings.claim_batch_size, max(1, self._capacity // 4))
             if not self._standby and room >= wanted:
                 claims = await anyio.to_thread.run_sync(
                     self._claim, min(room, self.settings.claim_batch_size)
                 )
+                self._downloading += len(claims)
                 for item in claims:
                     self._in_flight[item.image_id] = item
                     downloads.start_soon(self._download, fetcher, item)
@@ -197,6 +204,7 @@ class Engine:
             await self._download_one(fetcher, item)
         finally:
             self._active -= 1
+            self._downloading -= 1
 
     async def _download_one(self, fetcher: Fetcher, item: Claim) -> None:
         try:
