@@ -123,6 +123,7 @@ def compare(
         "concurrency": concurrency,
         "csv": str(work.csv),
     }
+    fresh_dir(WORK_DIR / "runs" / name / "logs")  # only this run's logs stay
     available = []
     for runner in runners:
         reason = runner.unavailable()

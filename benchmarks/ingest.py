@@ -29,7 +29,6 @@ def _one(rows: int, round_no: int, timeout: float, env_overrides: dict[str, str]
     base = WORK_DIR / "runs" / "ingest"
     scratch = fresh_dir(base / "scratch" / f"{rows}-r{round_no}")
     logs = base / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
     stdout, stderr = logs / f"{rows}-r{round_no}.stdout", logs / f"{rows}-r{round_no}.stderr"
     db = scratch / "ingest.db"
     env = child_env(
@@ -84,6 +83,7 @@ def run(
 ) -> SectionResult:
     section = SectionResult("ingest", columns=COLUMNS)
     section.info = {"row_counts": row_counts, "rounds": rounds, "database": "sqlite file"}
+    fresh_dir(WORK_DIR / "runs" / "ingest" / "logs")
     for rows in row_counts:
         log("ingest", f"CSV with {rows:,} rows: {ingest_csv(rows)}")
     for round_no in range(1, rounds + 1):

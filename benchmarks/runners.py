@@ -231,9 +231,13 @@ class Img2DatasetRunner(Runner):
             "--retries=3",
             "--timeout=45",
             "--enable_wandb=False",
-            "--incremental_mode=overwrite",
+            "--incremental_mode=incremental",  # into the fresh, empty folder
             f"--number_sample_per_shard={max(work.images, 1)}",
         ]
+
+    def env(self) -> dict[str, str]:
+        # No update checks or telemetry: this run must not reach beyond loopback.
+        return child_env(NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="disabled")
 
     def check(self, work: UrlList, dirs: RoundDirs, m: Measurement) -> Verdict:
         # It writes image files (always named .jpg when not re-encoding) beside .json/.parquet.

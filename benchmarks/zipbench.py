@@ -238,6 +238,8 @@ def bench_master_zip_http(
 
 def _row(record: RunRecord) -> list[str]:
     seconds = record.seconds or None
+    if record.ok:
+        log("zip", f"{record.tool}: {record.seconds:.2f} s, {record.peak_rss_mb:.1f} MB RSS, ok")
     return [
         record.tool,
         "yes" if record.ok else "no",
