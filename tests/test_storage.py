@@ -341,3 +341,18 @@ def test_make_storage_picks_the_backend(tmp_path: Path) -> None:
 )
 def test_content_disposition(filename: str, expected: str) -> None:
     assert content_disposition(filename) == expected
+
+
+def test_local_put_recreates_a_folder_removed_after_it_was_made(tmp_path: Path) -> None:
+    from downloader.storage.local import LocalStorage
+
+    storage = LocalStorage(tmp_path / "media")
+    first = storage.temp_dir() / f"{os.getpid()}-a.part"
+    first.write_bytes(b"one")
+    storage.put(first, "jobs/j1/1/1.jpg")
+    storage.delete_prefix("jobs/j1/")  # e.g. retention removed the job's folder
+    assert not (tmp_path / "media" / "jobs" / "j1").exists()
+    second = storage.temp_dir() / f"{os.getpid()}-b.part"
+    second.write_bytes(b"two")
+    storage.put(second, "jobs/j1/1/2.jpg")
+    assert storage.read_bytes("jobs/j1/1/2.jpg") == b"two"

@@ -31,6 +31,7 @@ class LocalStorage:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).absolute()
+        self._made_folders: set[Path] = set()
 
     def __repr__(self) -> str:
         return f"LocalStorage({str(self.root)!r})"
@@ -50,9 +51,20 @@ class LocalStorage:
 
     def put(self, temp_path: Path, key: str, content_type: str | None = None) -> None:
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        folder = target.parent
+        if folder not in self._made_folders:  # a product's images share one folder
+            folder.mkdir(parents=True, exist_ok=True)
+            if len(self._made_folders) > 100_000:
+                self._made_folders.clear()
+            self._made_folders.add(folder)
         try:
-            os.replace(temp_path, target)
+            try:
+                os.replace(temp_path, target)
+            except FileNotFoundError:
+                if not Path(temp_path).exists():
+                    raise
+                folder.mkdir(parents=True, exist_ok=True)  # removed since we made it
+                os.replace(temp_path, target)
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
