@@ -177,40 +177,54 @@ def _insert_products_and_images(session: object, job_id: str, frame: pd.DataFram
     ids = dict(
         conn.execute(select(PRODUCT.c.number, PRODUCT.c.id).where(PRODUCT.c.job_id == job_id)).all()
     )
-    hosts = (
-        frame["url"]
-        .str.extract(r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^/?#]*)")[0]
-        .str.lower()
+    host_list = _hosts(frame["url"])
+    # Plain tuples through the driver's executemany: SQLAlchemy's per-row dictionaries cost
+    # more than the inserts themselves at a million rows.
+    columns = (
+        "job_id",
+        "product_id",
+        "position",
+        "url",
+        "host",
+        "source_row",
+        "status",
+        "attempts",
+        "updated_at",
     )
-    now = time.time()
-    image_frame = pd.DataFrame(
-        {
-            "job_id": job_id,
-            "product_id": frame["product"].map(ids).astype("int64"),
-            "position": frame["position"].astype("int64"),
-            "url": frame["url"],
-            "host": hosts.fillna("").str.slice(0, 300),
-            "source_row": frame["source_row"].astype("int64"),
-            "status": ImageStatus.QUEUED.value,
-            "attempts": 0,
-            "updated_at": now,
-        }
-    )
-    columns = list(image_frame.columns)
-    for start in range(0, len(image_frame), INSERT_CHUNK):
-        chunk = image_frame.iloc[start : start + INSERT_CHUNK]
-        records = [
-            dict(zip(columns, row, strict=True)) for row in chunk.itertuples(index=False, name=None)
+    marks = ", ".join(["?" if conn.dialect.paramstyle == "qmark" else "%s"] * len(columns))
+    statement = f"INSERT INTO image ({', '.join(columns)}) VALUES ({marks})"
+    product_ids = frame["product"].map(ids).astype("int64").tolist()
+    positions = frame["position"].astype("int64").tolist()
+    urls = frame["url"].tolist()
+    source_rows = frame["source_row"].astype("int64").tolist()
+    queued, now = ImageStatus.QUEUED.value, time.time()
+    for first in range(0, len(urls), INSERT_CHUNK):
+        last = first + INSERT_CHUNK
+        rows = [
+            (job_id, pid, pos, url, host, row, queued, 0, now)
+            for pid, pos, url, host, row in zip(
+                product_ids[first:last],
+                positions[first:last],
+                urls[first:last],
+                host_list[first:last],
+                source_rows[first:last],
+                strict=True,
+            )
         ]
-        conn.execute(insert(IMAGE), _plain(records))
+        conn.exec_driver_sql(statement, rows)
 
 
-def _plain(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    # numpy scalars -> Python scalars for the DB drivers
-    for record in records:
-        for key in ("product_id", "position", "source_row", "attempts"):
-            record[key] = int(record[key])
-    return records
+def _hosts(urls: pd.Series) -> list[str]:
+    """The lower-cased host[:port] of each URL, by pyarrow's vectorised RE2 (no row loop)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    found = pc.extract_regex(
+        pa.array(urls.astype(str).tolist(), type=pa.string()),
+        r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>[^/?#]*)",
+    )
+    hosts = pc.utf8_lower(pc.struct_field(found, "host")).fill_null("")
+    return [host[:300] for host in hosts.to_pylist()]
 
 
 def _insert_rejected(session: object, job_id: str, parsed: ParsedInput) -> None:

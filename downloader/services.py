@@ -6,13 +6,16 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 
 from downloader.db import Database, open_database
-from downloader.engine import Engine
 from downloader.settings import Settings, get_settings
 from downloader.storage import Storage, make_storage
+
+if TYPE_CHECKING:
+    from downloader.engine import Engine  # imported where an engine runs: `submit` needs none
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,8 @@ class EngineThread:
     """The app's embedded engine: one per server process, started by the lifespan."""
 
     def __init__(self, services: Services, *, kind: str = "embedded") -> None:
+        from downloader.engine import Engine
+
         self.engine = Engine(services.db, services.storage, services.settings, kind=kind)
         self._thread = threading.Thread(target=self._main, name="engine", daemon=True)
         self.error: BaseException | None = None
