@@ -161,57 +161,62 @@ def create_job(
 
 
 def _insert_products_and_images(session: object, job_id: str, frame: pd.DataFrame) -> None:
+    """Bulk-insert the job's products, then its images, chunk by chunk.
+
+    Plain tuples go through the driver's executemany: SQLAlchemy's per-row dictionaries cost
+    more time and memory than the inserts themselves at a million rows.
+    """
     from sqlmodel import Session
 
     assert isinstance(session, Session)
     if not len(frame):
         return
     conn = session.connection()
-    products = frame.groupby("product", sort=False).size()
-    product_rows = [
-        {"job_id": job_id, "number": number, "position": i + 1, "image_count": int(count)}
-        for i, (number, count) in enumerate(products.items())
-    ]
-    for start in range(0, len(product_rows), INSERT_CHUNK):
-        conn.execute(insert(PRODUCT), product_rows[start : start + INSERT_CHUNK])
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+    counts = frame.groupby("product", sort=False).size()
+    numbers = counts.index.tolist()
+    sizes = counts.astype("int64").tolist()
+    product_sql = (
+        "INSERT INTO product (job_id, number, position, image_count)"
+        f" VALUES ({mark}, {mark}, {mark}, {mark})"
+    )
+    for first in range(0, len(numbers), INSERT_CHUNK):
+        conn.exec_driver_sql(
+            product_sql,
+            [
+                (job_id, number, first + i + 1, size)
+                for i, (number, size) in enumerate(
+                    zip(
+                        numbers[first : first + INSERT_CHUNK],
+                        sizes[first : first + INSERT_CHUNK],
+                        strict=True,
+                    )
+                )
+            ],
+        )
+    del numbers, sizes, counts
     ids = dict(
         conn.execute(select(PRODUCT.c.number, PRODUCT.c.id).where(PRODUCT.c.job_id == job_id)).all()
     )
-    host_list = _hosts(frame["url"])
-    # Plain tuples through the driver's executemany: SQLAlchemy's per-row dictionaries cost
-    # more than the inserts themselves at a million rows.
-    columns = (
-        "job_id",
-        "product_id",
-        "position",
-        "url",
-        "host",
-        "source_row",
-        "status",
-        "attempts",
-        "updated_at",
-    )
-    marks = ", ".join(["?" if conn.dialect.paramstyle == "qmark" else "%s"] * len(columns))
-    statement = f"INSERT INTO image ({', '.join(columns)}) VALUES ({marks})"
-    product_ids = frame["product"].map(ids).astype("int64").tolist()
-    positions = frame["position"].astype("int64").tolist()
-    urls = frame["url"].tolist()
-    source_rows = frame["source_row"].astype("int64").tolist()
+
+    columns = "job_id, product_id, position, url, host, source_row, status, attempts, updated_at"
+    image_sql = f"INSERT INTO image ({columns}) VALUES ({', '.join([mark] * 9)})"
     queued, now = ImageStatus.QUEUED.value, time.time()
-    for first in range(0, len(urls), INSERT_CHUNK):
-        last = first + INSERT_CHUNK
+    for first in range(0, len(frame), INSERT_CHUNK):
+        chunk = frame.iloc[first : first + INSERT_CHUNK]
         rows = [
-            (job_id, pid, pos, url, host, row, queued, 0, now)
-            for pid, pos, url, host, row in zip(
-                product_ids[first:last],
-                positions[first:last],
-                urls[first:last],
-                host_list[first:last],
-                source_rows[first:last],
+            (job_id, ids[product], pos, url, host, row, queued, 0, now)
+            for product, pos, url, host, row in zip(
+                chunk["product"].tolist(),
+                chunk["position"].astype("int64").tolist(),
+                chunk["url"].tolist(),
+                _hosts(chunk["url"]),
+                chunk["source_row"].astype("int64").tolist(),
                 strict=True,
             )
         ]
-        conn.exec_driver_sql(statement, rows)
+        conn.exec_driver_sql(image_sql, rows)
 
 
 def _hosts(urls: pd.Series) -> list[str]:
