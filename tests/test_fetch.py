@@ -234,6 +234,21 @@ def test_retry_after_seconds_is_honoured(image_server: ImageServer, tmp_path: Pa
     assert second.start - first.end >= 0.9
 
 
+def test_503_with_retry_after_is_honoured(image_server: ImageServer, tmp_path: Path) -> None:
+    def unavailable_once(req: Req) -> Reply:
+        if req.server.bump(f"503-{req.param('id')}") == 1:
+            return Reply.text(503, "maintenance", headers=[("Retry-After", "1")])
+        return Reply.image("after-503", "jpg")
+
+    image_server.add_route(r"^/maintenance/(?P<id>\w+)$", unavailable_once)
+    outcome = fetch_one(make_settings(), tmp_path, image_server.url("maintenance/a"))
+    assert outcome.ok and outcome.attempts == 2
+    first, second = image_server.requests
+    assert first.status == 503 and second.status == 200
+    assert first.end is not None
+    assert second.start - first.end >= 0.9  # the server's Retry-After, not the 20 ms backoff
+
+
 def test_retry_after_http_date_is_honoured(image_server: ImageServer, tmp_path: Path) -> None:
     # HTTP dates have whole seconds: "now + 2 s" is between 1 and 2 s away when sent
     outcome = fetch_one(make_settings(), tmp_path, image_server.url("ratelimit/d?after=2&date=1"))

@@ -455,6 +455,43 @@ def test_names_are_vetted_on_the_resolved_address(
     assert image_server.count(host=1) == 0
 
 
+class FlippingResolver(StaticResolver):
+    """DNS rebinding: the first answer is harmless, every later one points inside."""
+
+    def __init__(self, first: str, then: str) -> None:
+        super().__init__({})
+        self.first, self.then = first, then
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.asked.append(host)
+        address = self.first if len(self.asked) == 1 else self.then
+        return [_result(host, address, port)]
+
+
+def test_dns_rebinding_cannot_swap_the_address_after_the_check(
+    image_server: ImageServer, tmp_path: Path
+) -> None:
+    """One lookup per connection, vetted where the connection is made: an answer that
+    changes between a check and the connect (the rebinding trick) never reaches the inside."""
+    settings = _settings(allowed_private_networks=["127.0.0.2/32"], max_retries=0)
+    port3 = image_server.host(1).split(":")[1]  # the "internal" server: 127.0.0.3
+    g = ResolvingGuard(settings, {})
+    g.dns = FlippingResolver(first="127.0.0.2", then="127.0.0.3")
+    url = f"http://flip.test:{port3}/img/secret.jpg"
+    (first,) = _fetch(settings, tmp_path, [url], g)
+    # The one (harmless) answer was vetted and connected to: nothing listens on
+    # 127.0.0.2 at that port. A check-then-connect design would have asked twice and
+    # connected to 127.0.0.3 with the second answer.
+    assert g.dns.asked == ["flip.test"]
+    port0 = image_server.host(0).split(":")[1]
+    assert first.error_code == "connection_error" or (port0 == port3 and first.ok)
+    (second,) = _fetch(settings, tmp_path, [url], g)  # a new lookup: now the inside answer
+    assert second.error_code == "blocked_address"
+    assert image_server.count(host=1) == 0
+
+
 def test_redirect_to_a_blocked_address_is_not_followed(
     image_server: ImageServer, tmp_path: Path
 ) -> None:
