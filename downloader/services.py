@@ -44,21 +44,45 @@ def run_engine_until_stopped(engine: Engine, *, until_idle: bool = False) -> Non
 
 
 class EngineThread:
-    """The app's embedded engine: one per server process, started by the lifespan."""
+    """The app's embedded engine: one per server process, started by the lifespan.
+
+    If the engine stops with an error (the database restarted, a disk filled up), it is
+    started again after a pause that grows to a minute, so the app heals by itself; the
+    last error stays visible to the system check.
+    """
+
+    RESTART_DELAYS = (1.0, 5.0, 15.0, 60.0)
 
     def __init__(self, services: Services, *, kind: str = "embedded") -> None:
+        self._services = services
+        self._kind = kind
+        self.engine = self._new_engine()
+        self._thread = threading.Thread(target=self._main, name="engine", daemon=True)
+        self._stopping = threading.Event()
+        self.error: BaseException | None = None
+        self.restarts = 0
+
+    def _new_engine(self) -> Engine:
         from downloader.engine import Engine
 
-        self.engine = Engine(services.db, services.storage, services.settings, kind=kind)
-        self._thread = threading.Thread(target=self._main, name="engine", daemon=True)
-        self.error: BaseException | None = None
+        s = self._services
+        return Engine(s.db, s.storage, s.settings, kind=self._kind)
 
     def _main(self) -> None:
-        try:
-            run_engine_until_stopped(self.engine)
-        except BaseException as exc:  # reported by the system check, never silent
-            self.error = exc
-            log.exception("embedded engine stopped with an error")
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                run_engine_until_stopped(self.engine)
+                return  # stopped on purpose
+            except Exception as exc:  # reported by the system check, never silent
+                self.error = exc
+                log.exception("embedded engine stopped with an error; restarting it")
+            delay = self.RESTART_DELAYS[min(failures, len(self.RESTART_DELAYS) - 1)]
+            failures += 1
+            if self._stopping.wait(delay):
+                return
+            self.restarts += 1
+            self.engine = self._new_engine()
 
     def start(self) -> None:
         self._thread.start()
@@ -68,5 +92,6 @@ class EngineThread:
         return self._thread.is_alive()
 
     def stop(self, timeout: float = 20) -> None:
+        self._stopping.set()
         self.engine.stop()
         self._thread.join(timeout)
