@@ -11,9 +11,8 @@ import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from sqlalchemy import ColumnElement, case, delete, func, insert, or_, select, update
 
 from downloader import queue
@@ -29,7 +28,6 @@ from downloader.db import Database, rowcount
 # re-exported: callers of the service API catch them as jobs.JobNotFound / jobs.RateLimited
 from downloader.errors import JobNotFound as JobNotFound
 from downloader.errors import RateLimited as RateLimited
-from downloader.inputs import ParsedInput
 from downloader.models import (
     IMAGE,
     JOB,
@@ -44,6 +42,14 @@ from downloader.models import (
     Worker,
 )
 from downloader.storage import Storage
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from downloader.inputs import ParsedInput
+
+# pandas is imported inside the functions that build tables: the download processes call
+# this module for counts and must not carry pandas (~80 MB) for that.
 
 INSERT_CHUNK = 20_000
 IMAGE_STATES = [s.value for s in ImageStatus]
@@ -102,6 +108,8 @@ class JobListItem:
 
 def input_fingerprint(parsed: ParsedInput) -> str:
     """A stable hash of the rows to queue, so `run` on the same input resumes its job."""
+    import pandas as pd
+
     frame = parsed.frame
     digest = hashlib.sha256()
     if len(frame):
@@ -350,6 +358,7 @@ def product_progress(
     offset: int = 0,
 ) -> pd.DataFrame:
     """One row per product: images, counts by state, progress 0..1, and a status word."""
+    import pandas as pd
 
     def count_of(*states: ImageStatus) -> ColumnElement[Any]:
         return func.sum(case((IMAGE.c.status.in_(states), 1), else_=0))
@@ -427,6 +436,8 @@ def failed_images(
     text: str | None = None,
     limit: int | None = 1000,
 ) -> pd.DataFrame:
+    import pandas as pd
+
     with db.read() as session:
         query = (
             select(
@@ -456,6 +467,8 @@ def failed_images(
 def rejected_rows(
     db: Database, job_id: str, *, kind: str | None = None, limit: int = 1000
 ) -> pd.DataFrame:
+    import pandas as pd
+
     with db.read() as session:
         query = (
             select(
