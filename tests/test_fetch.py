@@ -20,8 +20,9 @@ import uvloop
 
 from downloader.fetch import Fetcher, FetchOutcome, remove_leftovers
 from downloader.fetch.fetcher import DECODE_STEP, SPOOL_BYTES
-from downloader.settings import Settings, load_settings
+from downloader.settings import Settings
 from tests.support import imageserver
+from tests.support.fetching import fetch_all, make_settings
 from tests.support.imageserver import (
     HTML_PAGE,
     ImageServer,
@@ -35,29 +36,6 @@ from tests.support.imageserver import (
 MB = 1024 * 1024
 
 image_server = imageserver.image_server  # the fixture
-
-
-def make_settings(**overrides: object) -> Settings:
-    base: dict[str, object] = {
-        "allowed_private_networks": ["127.0.0.0/8"],
-        "max_retries": 3,
-        "backoff_base": 0.02,
-        "download_qps": 0,
-        "http_connect_timeout": 2,
-        "http_read_timeout": 5,
-        "download_deadline": 30,
-        "circuit_breaker_failures": 50,
-    }
-    base.update(overrides)
-    return load_settings(**base)
-
-
-def fetch_all(settings: Settings, tmp_path: Path, urls: list[str]) -> list[FetchOutcome]:
-    async def main() -> list[FetchOutcome]:
-        async with Fetcher(settings, tmp_path) as fetcher:
-            return list(await asyncio.gather(*(fetcher.fetch(u) for u in urls)))
-
-    return asyncio.run(main())
 
 
 def fetch_one(settings: Settings, tmp_path: Path, url: str) -> FetchOutcome:
