@@ -17,17 +17,20 @@ from sqlalchemy import ColumnElement, case, delete, func, insert, or_, select, u
 
 from downloader import queue
 from downloader.archive import (
-    ManifestRow,
     csv_rows_chunks,
     image_file_name,
-    manifest_csv_chunks,
-    stream_zip,
 )
 from downloader.db import Database, rowcount
 
 # re-exported: callers of the service API catch them as jobs.JobNotFound / jobs.RateLimited
 from downloader.errors import JobNotFound as JobNotFound
 from downloader.errors import RateLimited as RateLimited
+from downloader.exports import job_zip as job_zip
+from downloader.exports import manifest_csv as manifest_csv
+from downloader.exports import manifest_rows as manifest_rows
+from downloader.exports import product_zip as product_zip
+from downloader.exports import product_zip_bytes as product_zip_bytes
+from downloader.exports import zip_file_name as zip_file_name
 from downloader.models import (
     IMAGE,
     JOB,
@@ -623,105 +626,9 @@ def delete_job(db: Database, storage: Storage, job_id: str) -> None:
 
 
 # ---------------------------------------------------------------- exports
-
-
-def manifest_rows(
-    db: Database, job_id: str, *, product: str | None = None
-) -> Iterator[ManifestRow]:
-    """Stream manifest rows in product then position order, without loading them all."""
-    original = IMAGE.alias("original")
-    query = (
-        select(
-            PRODUCT.c.number,
-            IMAGE.c.position,
-            IMAGE.c.url,
-            IMAGE.c.status,
-            IMAGE.c.sha256,
-            IMAGE.c.size_bytes,
-            IMAGE.c.format,
-            IMAGE.c.width,
-            IMAGE.c.height,
-            IMAGE.c.http_status,
-            IMAGE.c.attempts,
-            IMAGE.c.error,
-            IMAGE.c.error_code,
-            IMAGE.c.storage_key,
-            original.c.position,
-            original.c.format,
-        )
-        .join(PRODUCT, PRODUCT.c.id == IMAGE.c.product_id)
-        .outerjoin(original, original.c.id == IMAGE.c.duplicate_of_id)
-        .where(IMAGE.c.job_id == job_id)
-        .order_by(PRODUCT.c.position, IMAGE.c.position)
-    )
-    if product is not None:
-        query = query.where(PRODUCT.c.number == product)
-    with db.read() as session:
-        result = session.execute(query.execution_options(yield_per=2000))
-        for (
-            number,
-            pos,
-            url,
-            status,
-            sha,
-            size,
-            fmt,
-            w,
-            h,
-            http,
-            attempts,
-            err,
-            code,
-            key,
-            dup_pos,
-            dup_fmt,
-        ) in result:
-            yield ManifestRow(
-                product=number,
-                position=pos,
-                source_url=url,
-                status=status,
-                file=image_file_name(number, pos, fmt)
-                if status == ImageStatus.DONE and fmt
-                else None,
-                sha256=sha,
-                bytes=size,
-                format=fmt,
-                width=w,
-                height=h,
-                http_status=http,
-                attempts=attempts,
-                error=f"{err} ({code})" if err and code else err,
-                duplicate_of=image_file_name(number, dup_pos, dup_fmt)
-                if dup_pos and dup_fmt
-                else None,
-                key=key if status == ImageStatus.DONE else None,
-            )
-
-
-def product_zip(db: Database, storage: Storage, job_id: str, product: str) -> Iterator[bytes]:
-    return stream_zip(storage, manifest_rows(db, job_id, product=product), folder_per_product=False)
-
-
-def product_zip_bytes(db: Database, storage: Storage, job_id: str, product: str) -> bytes:
-    """For st.download_button: one product's ZIP is small enough to hand over whole."""
-    return b"".join(product_zip(db, storage, job_id, product))
-
-
-def job_zip(db: Database, storage: Storage, job_id: str) -> Iterator[bytes]:
-    return stream_zip(storage, manifest_rows(db, job_id), folder_per_product=True)
-
-
-def manifest_csv(db: Database, job_id: str) -> Iterator[bytes]:
-    return manifest_csv_chunks(manifest_rows(db, job_id))
+# ZIPs and the manifest live in downloader/exports.py (re-exported above).
 
 
 def failed_csv(db: Database, job_id: str) -> Iterator[bytes]:
     frame = failed_images(db, job_id, limit=None)
     return csv_rows_chunks(FAILED_COLUMNS, frame.itertuples(index=False, name=None))
-
-
-def zip_file_name(job: JobPublic, product: str | None = None) -> str:
-    if product is not None:
-        return f"{product}.zip"
-    return f"job-{job.id}.zip"

@@ -1,0 +1,113 @@
+"""Exports of a job: the manifest rows, product and master ZIPs, the manifest CSV.
+
+Rows stream from the database in product then position order; ZIPs stream from storage
+(archive.stream_zip), so neither is ever held whole in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from sqlalchemy import select
+
+from downloader.archive import ManifestRow, image_file_name, manifest_csv_chunks, stream_zip
+from downloader.db import Database
+from downloader.models import IMAGE, PRODUCT, ImageStatus, JobPublic
+from downloader.storage import Storage
+
+
+def manifest_rows(
+    db: Database, job_id: str, *, product: str | None = None
+) -> Iterator[ManifestRow]:
+    """Stream manifest rows in product then position order, without loading them all."""
+    original = IMAGE.alias("original")
+    query = (
+        select(
+            PRODUCT.c.number,
+            IMAGE.c.position,
+            IMAGE.c.url,
+            IMAGE.c.status,
+            IMAGE.c.sha256,
+            IMAGE.c.size_bytes,
+            IMAGE.c.format,
+            IMAGE.c.width,
+            IMAGE.c.height,
+            IMAGE.c.http_status,
+            IMAGE.c.attempts,
+            IMAGE.c.error,
+            IMAGE.c.error_code,
+            IMAGE.c.storage_key,
+            original.c.position,
+            original.c.format,
+        )
+        .join(PRODUCT, PRODUCT.c.id == IMAGE.c.product_id)
+        .outerjoin(original, original.c.id == IMAGE.c.duplicate_of_id)
+        .where(IMAGE.c.job_id == job_id)
+        .order_by(PRODUCT.c.position, IMAGE.c.position)
+    )
+    if product is not None:
+        query = query.where(PRODUCT.c.number == product)
+    with db.read() as session:
+        result = session.execute(query.execution_options(yield_per=2000))
+        for (
+            number,
+            pos,
+            url,
+            status,
+            sha,
+            size,
+            fmt,
+            w,
+            h,
+            http,
+            attempts,
+            err,
+            code,
+            key,
+            dup_pos,
+            dup_fmt,
+        ) in result:
+            yield ManifestRow(
+                product=number,
+                position=pos,
+                source_url=url,
+                status=status,
+                file=image_file_name(number, pos, fmt)
+                if status == ImageStatus.DONE and fmt
+                else None,
+                sha256=sha,
+                bytes=size,
+                format=fmt,
+                width=w,
+                height=h,
+                http_status=http,
+                attempts=attempts,
+                error=f"{err} ({code})" if err and code else err,
+                duplicate_of=image_file_name(number, dup_pos, dup_fmt)
+                if dup_pos and dup_fmt
+                else None,
+                key=key if status == ImageStatus.DONE else None,
+            )
+
+
+def product_zip(db: Database, storage: Storage, job_id: str, product: str) -> Iterator[bytes]:
+    return stream_zip(storage, manifest_rows(db, job_id, product=product), folder_per_product=False)
+
+
+def product_zip_bytes(db: Database, storage: Storage, job_id: str, product: str) -> bytes:
+    """For st.download_button: one product's ZIP is small enough to hand over whole."""
+    return b"".join(product_zip(db, storage, job_id, product))
+
+
+def job_zip(db: Database, storage: Storage, job_id: str) -> Iterator[bytes]:
+    return stream_zip(storage, manifest_rows(db, job_id), folder_per_product=True)
+
+
+def manifest_csv(db: Database, job_id: str) -> Iterator[bytes]:
+    return manifest_csv_chunks(manifest_rows(db, job_id))
+
+
+def zip_file_name(job: JobPublic, product: str | None = None) -> str:
+    if product is not None:
+        return f"{product}.zip"
+    return f"job-{job.id}.zip"
