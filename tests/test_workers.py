@@ -240,7 +240,7 @@ def test_sigkill_mid_job_another_worker_finishes_every_image_once(
 ) -> None:
     s = image_server
     meter = metered(s, delay=0.15)
-    n_images = 150
+    n_images = 300
     urls = polite_urls(s, n_images // 3)
     job_id = submit(pg_db, urls)
     env = {
@@ -258,7 +258,19 @@ def test_sigkill_mid_job_another_worker_finishes_every_image_once(
     (tmp_path / "tmp").mkdir()
     group = Workers(tmp_path, env)
     try:
+        # The victim starts first so it downloads at once; an engine that joins a running
+        # one waits for it to shrink its share first, which could leave it nothing to do.
         victim = group.start()
+
+        def victim_registered() -> bool:
+            with pg_db.read() as session:
+                return bool(
+                    session.execute(
+                        select(func.count()).select_from(Worker).where(Worker.pid == victim.pid)  # type: ignore[arg-type]
+                    ).scalar_one()
+                )
+
+        wait_for(victim_registered, 60, "the victim to register")
         survivor = group.start()
 
         def victim_is_mid_job() -> bool:
