@@ -109,7 +109,9 @@ def _export_endpoint(kind: str) -> Any:
     from starlette.requests import Request
     from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
-    from downloader import jobs
+    from downloader import exports, jobs
+    from downloader.models import JobStatus
+    from downloader.read_ahead import read_ahead
     from pages import _common
 
     async def endpoint(request: Request) -> Response:
@@ -122,16 +124,26 @@ def _export_endpoint(kind: str) -> Any:
         except jobs.JobNotFound:
             return PlainTextResponse(f"No job with id {job_id!r}.", 404)
         body: Iterator[bytes]
+        headers: dict[str, str] = {}
         if kind == "zip":
             body = jobs.job_zip(services.db, services.storage, job.id)
             name, media = jobs.zip_file_name(job), "application/zip"
+            if job.status == JobStatus.COMPLETED:
+                # A finished job's rows no longer change, so its length is known up front:
+                # the browser shows progress, and the body goes out without chunk framing.
+                size = await run_in_threadpool(
+                    exports.job_zip_size, services.db, services.storage, job.id
+                )
+                headers["Content-Length"] = str(size)
         elif kind == "manifest":
             body = jobs.manifest_csv(services.db, job.id)
             name, media = f"job-{job.id}-manifest.csv", "text/csv; charset=utf-8"
         else:
             body = await run_in_threadpool(jobs.failed_csv, services.db, job.id)
             name, media = f"job-{job.id}-failed.csv", "text/csv; charset=utf-8"
-        return StreamingResponse(body, media_type=media, headers=_attachment(name))
+        return StreamingResponse(
+            read_ahead(body), media_type=media, headers=_attachment(name) | headers
+        )
 
     return endpoint
 

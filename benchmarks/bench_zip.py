@@ -148,11 +148,13 @@ def main() -> None:
     parser.add_argument("--verify", action="store_true", help="check the ZIP afterwards")
     parser.add_argument("--keep", action="store_true", help="keep the output ZIP")
     parser.add_argument("--prefetch", type=int, default=None, help="files read ahead")
+    parser.add_argument("--out-dir", type=Path, default=WORK, help="where the ZIPs are written")
     args = parser.parse_args()
     size = args.size_kb * 1024
     job = f"bench-{args.files}x{args.size_kb}k"
     WORK.mkdir(exist_ok=True)
-    out = WORK / f"{job}.zip"
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out = args.out_dir / f"{job}.zip"
 
     server = None
     if args.backend == "s3":
@@ -186,7 +188,7 @@ def main() -> None:
         if args.verify:
             verify(out, args.files)
         if args.compare and isinstance(storage, LocalStorage):
-            baseline = WORK / f"{job}-zipfile.zip"
+            baseline = args.out_dir / f"{job}-zipfile.zip"
             results.append(bench_zipfile(storage, args.files, size, job, baseline))
             baseline.unlink()
     finally:

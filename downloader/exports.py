@@ -10,7 +10,13 @@ from collections.abc import Iterator
 
 from sqlalchemy import select
 
-from downloader.archive import ManifestRow, image_file_name, manifest_csv_chunks, stream_zip
+from downloader.archive import (
+    ManifestRow,
+    image_file_name,
+    manifest_csv_chunks,
+    stream_zip,
+    zip_size,
+)
 from downloader.db import Database
 from downloader.models import IMAGE, PRODUCT, ImageStatus, JobPublic
 from downloader.storage import Storage
@@ -101,6 +107,11 @@ def product_zip_bytes(db: Database, storage: Storage, job_id: str, product: str)
 
 def job_zip(db: Database, storage: Storage, job_id: str) -> Iterator[bytes]:
     return stream_zip(storage, manifest_rows(db, job_id), folder_per_product=True)
+
+
+def job_zip_size(db: Database, storage: Storage, job_id: str) -> int:
+    """The exact length of `job_zip` while the job's rows don't change (a finished job)."""
+    return zip_size(storage, manifest_rows(db, job_id), folder_per_product=True)
 
 
 def manifest_csv(db: Database, job_id: str) -> Iterator[bytes]:

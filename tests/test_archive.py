@@ -3,33 +3,29 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import os
 import tracemalloc
-import uuid
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
 
 import pytest
 
-from downloader.archive import (
-    MANIFEST_COLUMNS,
-    MANIFEST_NAME,
-    MISSING_ERROR,
-    ManifestRow,
-    image_file_name,
-    stream_zip,
-    zip_size,
-)
+from downloader.archive import MANIFEST_NAME, MISSING_ERROR, ManifestRow, stream_zip, zip_size
 from downloader.settings import load_settings
-from downloader.storage import LocalStorage, Storage, image_key, make_storage
+from downloader.storage import LocalStorage, Storage, make_storage
+from tests.archive_support import (
+    MIB,
+    build,
+    check_entries_match_manifest,
+    done_row,
+    read_manifest,
+)
 
 pytest_plugins = ["tests.support.s3server"]  # fixtures: s3_server, s3_overrides, ...
-
-MIB = 1024 * 1024
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -44,139 +40,44 @@ def local(tmp_path: Path) -> LocalStorage:
     return LocalStorage(tmp_path / "media")
 
 
-def publish(storage: Storage, key: str, data: bytes) -> None:
-    temp = storage.temp_dir() / f"{os.getpid()}-{uuid.uuid4().hex}.part"
-    temp.write_bytes(data)
-    storage.put(temp, key)
-
-
-def done_row(
-    storage: Storage, product: str, position: int, data: bytes, ext: str = "jpg", **extra: Any
-) -> ManifestRow:
-    """Store `data` as a finished image and return its manifest row."""
-    key = image_key("job1", abs(hash(product)) % 10_000, position, ext)
-    publish(storage, key, data)
-    fields: dict[str, Any] = {
-        "product": product,
-        "position": position,
-        "source_url": f"https://img.example.com/{product}/{position}.{ext}",
-        "status": "done",
-        "file": image_file_name(product, position, ext),
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "bytes": len(data),
-        "format": ext,
-        "width": 640,
-        "height": 480,
-        "http_status": 200,
-        "attempts": 1,
-        "key": key,
-    }
-    fields.update(extra)
-    return ManifestRow(**fields)
-
-
 def sample_rows(storage: Storage) -> list[ManifestRow]:
     """Two products with files, a duplicate, failures, a skipped image, and one failed-only."""
     sku1_1 = done_row(storage, "SKU-1", 1, os.urandom(70_000))
+    duplicate = dataclasses.replace(
+        sku1_1,
+        position=3,
+        source_url="https://img.example.com/dup.jpg",
+        status="duplicate",
+        file=None,
+        key=None,
+        duplicate_of=sku1_1.file,
+    )
+    not_found = "The server answered 404 Not Found (http_404)"
     return [
         sku1_1,
         done_row(storage, "SKU-1", 2, os.urandom(1500), "png"),
-        ManifestRow(
-            "SKU-1",
-            3,
-            "https://img.example.com/dup.jpg",
-            "duplicate",
-            None,
-            sku1_1.sha256,
-            sku1_1.bytes,
-            "jpg",
-            640,
-            480,
-            200,
-            1,
-            None,
-            sku1_1.file,
-        ),
+        duplicate,
         done_row(storage, "SKU-1", 4, b"", "gif"),
         ManifestRow(
             "SKU-1",
             5,
             "https://img.example.com/404.jpg",
             "failed",
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            404,
-            1,
-            "The server answered 404 Not Found (http_404)",
-            None,
+            http_status=404,
+            attempts=1,
+            error=not_found,
         ),
         done_row(storage, "SKU_2", 1, os.urandom(300_000), "webp"),
-        ManifestRow(
-            "SKU_2",
-            2,
-            "https://img.example.com/slow.jpg",
-            "skipped",
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            0,
-            None,
-            None,
-        ),
+        ManifestRow("SKU_2", 2, "https://img.example.com/slow.jpg", "skipped"),
         ManifestRow(
             "P3",
             1,
             "https://img.example.com/x",
             "failed",
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            4,
-            "Timed out after 120 s (timeout)",
-            None,
+            attempts=4,
+            error="Timed out after 120 s (timeout)",
         ),
     ]
-
-
-def build(storage: Storage, rows: Iterable[ManifestRow], **kwargs: Any) -> bytes:
-    return b"".join(stream_zip(storage, rows, **kwargs))
-
-
-def read_manifest(archive: zipfile.ZipFile) -> list[dict[str, str]]:
-    text = archive.read(MANIFEST_NAME).decode("utf-8")
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader)
-    assert header == MANIFEST_COLUMNS
-    return [dict(zip(header, line, strict=True)) for line in reader]
-
-
-def check_entries_match_manifest(archive: zipfile.ZipFile, folder_per_product: bool) -> None:
-    assert archive.testzip() is None
-    for info in archive.infolist():
-        assert info.compress_type == zipfile.ZIP_STORED, info.filename
-    manifest = read_manifest(archive)
-    names = {info.filename for info in archive.infolist()} - {MANIFEST_NAME}
-    expected = set()
-    for line in manifest:
-        if line["status"] == "done":
-            name = f"{line['product']}/{line['file']}" if folder_per_product else line["file"]
-            expected.add(name)
-            data = archive.read(name)
-            assert hashlib.sha256(data).hexdigest() == line["sha256"]
-            assert len(data) == int(line["bytes"])
-    assert names == expected
 
 
 # -- archives from both backends ------------------------------------------------------------
@@ -404,141 +305,3 @@ def test_closing_early_releases_open_files(local: LocalStorage) -> None:
     assert len(os.listdir("/proc/self/fd")) > before  # a stored file is open mid-entry
     chunks.close()  # type: ignore[attr-defined]
     assert len(os.listdir("/proc/self/fd")) == before
-
-
-# -- ZIP64 ------------------------------------------------------------------------------------
-
-
-def shared_file_rows(local: LocalStorage, count: int) -> Iterator[ManifestRow]:
-    """`count` rows that all point at one small stored file (names differ)."""
-    key = image_key("many", 1, 1, "png")
-    publish(local, key, b"\x89PNG tiny")
-    digest = hashlib.sha256(b"\x89PNG tiny").hexdigest()
-    for n in range(1, count + 1):
-        yield ManifestRow(
-            f"P{n // 100}",
-            n,
-            f"https://x/{n}",
-            "done",
-            f"P{n // 100}_{n}.png",
-            digest,
-            9,
-            "png",
-            1,
-            1,
-            200,
-            1,
-            None,
-            None,
-            key,
-        )
-
-
-@pytest.mark.slow
-def test_more_than_65535_entries_uses_zip64_records(local: LocalStorage) -> None:
-    count = 70_000
-    data = build(local, shared_file_rows(local, count), folder_per_product=True)
-    assert b"PK\x06\x06" in data[-200:]  # ZIP64 end of central directory record
-    assert b"PK\x06\x07" in data[-200:]  # ZIP64 end of central directory locator
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        infos = archive.infolist()
-        assert len(infos) == count + 1
-        assert archive.read(infos[-2].filename) == b"\x89PNG tiny"
-        assert len(read_manifest(archive)) == count
-    assert len(data) == zip_size(local, shared_file_rows(local, count), folder_per_product=True)
-
-
-@pytest.mark.slow
-def test_zip_size_at_exactly_65535_entries(local: LocalStorage) -> None:
-    rows = list(shared_file_rows(local, 65_534))  # + manifest.csv = 65,535 entries
-    data = build(local, rows, folder_per_product=False)
-    assert len(data) == zip_size(local, rows, folder_per_product=False)
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        assert len(archive.infolist()) == 65_535
-
-
-class ZeroStorage:
-    """A stand-in store whose one object is `size` zero bytes, generated on the fly."""
-
-    name = "local"
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-
-    def iter_bytes(self, key: str, chunk_size: int = MIB) -> Iterator[bytes]:
-        zeros = bytes(chunk_size)
-        left = self._size
-        while left > 0:
-            yield zeros if left >= chunk_size else zeros[:left]
-            left -= chunk_size
-
-    def size(self, key: str) -> int:
-        return self._size
-
-
-class SparseFile(io.RawIOBase):
-    """Seekable view of a huge ZIP kept as head + tail bytes with zeros in between."""
-
-    def __init__(self, head: bytes, tail: bytes, length: int) -> None:
-        self._head, self._tail, self._length, self._pos = head, tail, length, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: self._length}[whence]
-        self._pos = base + offset
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        count = max(0, min(len(view), self._length - self._pos))
-        start, end = self._pos, self._pos + count
-        tail_start = self._length - len(self._tail)
-        data = bytearray(count)
-        if start < len(self._head):
-            part = self._head[start : min(end, len(self._head))]
-            data[: len(part)] = part
-        if end > tail_start:
-            begin = max(start, tail_start)
-            data[begin - start :] = self._tail[begin - tail_start : end - tail_start]
-        view[:count] = data
-        self._pos = end
-        return count
-
-
-@pytest.mark.slow
-def test_entry_over_4_gib_is_zip64(tmp_path: Path) -> None:
-    size = 4 * 1024 * MIB + 12345
-    storage = cast(Storage, ZeroStorage(size))
-    rows = [
-        ManifestRow(
-            "BIG", 1, "https://x/big", "done", "BIG_1.png", None, size, "png", key="jobs/j/1/1.png"
-        ),
-        ManifestRow("BIG", 2, "https://x/small", "failed", error="Too large (too_large)"),
-    ]
-    head = bytearray()
-    tail = b""
-    length = 0
-    for chunk in stream_zip(storage, rows, folder_per_product=False):
-        if len(head) < 4096:
-            head += chunk[: 4096 - len(head)]
-        tail = (tail + chunk)[-MIB:] if len(chunk) < MIB else chunk[-MIB:]
-        length += len(chunk)
-    assert length == zip_size(storage, rows, folder_per_product=False)
-    with zipfile.ZipFile(io.BufferedReader(SparseFile(bytes(head), tail, length))) as archive:
-        big, manifest = archive.infolist()
-        assert big.filename == "BIG_1.png" and big.file_size == size
-        assert big.compress_type == zipfile.ZIP_STORED
-        assert manifest.header_offset > 0xFFFFFFFF
-        assert b"\x01\x00" in big.extra[:2]  # ZIP64 extended information field
-        with archive.open(big) as entry:
-            assert entry.read(1000) == bytes(1000)
-        lines = read_manifest(archive)
-    assert lines[0]["bytes"] == str(size) and lines[1]["status"] == "failed"

@@ -53,10 +53,12 @@ def test_master_zip_streams_every_product_and_the_manifest(
     with client.stream("GET", f"/download/job/{finished_job}.zip") as response:
         assert response.status_code == 200
         assert response.headers["content-type"] == "application/zip"
-        assert "content-length" not in response.headers  # streamed, not built in memory
+        # a finished job's length is known up front (the browser shows progress)
+        length = int(response.headers["content-length"])
         disposition = response.headers["content-disposition"]
         assert disposition.startswith(f'attachment; filename="job-{finished_job}.zip"')
         body = b"".join(response.iter_bytes())
+    assert len(body) == length
     archive = zipfile.ZipFile(io.BytesIO(body))
     assert sorted(archive.namelist()) == [
         "AB-1/AB-1_1.jpg",
@@ -71,6 +73,18 @@ def test_master_zip_streams_every_product_and_the_manifest(
         ("CD_2", "1", "done"),
         ("CD_2", "2", "failed"),
     ]
+
+
+def test_a_running_jobs_zip_is_streamed_without_a_length(
+    client: TestClient, services: Services
+) -> None:
+    """Its rows still change, so no length is promised; what is done so far is in the ZIP."""
+    job = jobs.create_job(services.db, parse_text("SKU-1\thttp://127.0.0.2:9/a.jpg"))
+    with client.stream("GET", f"/download/job/{job.id}.zip") as response:
+        assert response.status_code == 200
+        assert "content-length" not in response.headers
+        body = b"".join(response.iter_bytes())
+    assert zipfile.ZipFile(io.BytesIO(body)).namelist() == ["manifest.csv"]
 
 
 def test_manifest_and_failed_csv_exports(client: TestClient, finished_job: str) -> None:

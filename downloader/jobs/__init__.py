@@ -1,0 +1,91 @@
+"""The jobs service: the one API the UI and the command line call, as `jobs.<name>`.
+
+Everything takes the Database (and Storage where files are involved) explicitly. The service
+is split by what a caller does with a job; this package re-exports all of it so callers need
+only `from downloader import jobs`:
+
+- create: queue parsed input (fingerprint, rate limit, bulk inserts), find a job to resume
+- progress: one job, its counts and rate, the job list, live workers
+- details: inside one job: per-product progress, images, failures, rejected rows
+- control: pause, resume, cancel, retry, delete
+- downloader/exports.py: ZIPs and the manifest
+"""
+
+from downloader.errors import JobNotFound, RateLimited
+from downloader.exports import (
+    job_zip,
+    manifest_csv,
+    manifest_rows,
+    product_zip,
+    product_zip_bytes,
+    zip_file_name,
+)
+from downloader.jobs.control import cancel_job, delete_job, pause_job, resume_job, retry_failed
+from downloader.jobs.create import (
+    INSERT_CHUNK,
+    check_rate_limit,
+    create_job,
+    find_unfinished_job,
+    input_fingerprint,
+)
+from downloader.jobs.details import (
+    FAILED_COLUMNS,
+    ImageInfo,
+    error_summary,
+    failed_csv,
+    failed_images,
+    product_images,
+    product_numbers,
+    product_progress,
+    rejected_rows,
+)
+from downloader.jobs.progress import (
+    IMAGE_STATES,
+    JobCounts,
+    JobListItem,
+    JobSummary,
+    get_job,
+    job_counts,
+    job_summary,
+    list_jobs,
+    live_workers,
+)
+
+__all__ = [
+    "FAILED_COLUMNS",
+    "IMAGE_STATES",
+    "INSERT_CHUNK",
+    "ImageInfo",
+    "JobCounts",
+    "JobListItem",
+    "JobNotFound",
+    "JobSummary",
+    "RateLimited",
+    "cancel_job",
+    "check_rate_limit",
+    "create_job",
+    "delete_job",
+    "error_summary",
+    "failed_csv",
+    "failed_images",
+    "find_unfinished_job",
+    "get_job",
+    "input_fingerprint",
+    "job_counts",
+    "job_summary",
+    "job_zip",
+    "list_jobs",
+    "live_workers",
+    "manifest_csv",
+    "manifest_rows",
+    "pause_job",
+    "product_images",
+    "product_numbers",
+    "product_progress",
+    "product_zip",
+    "product_zip_bytes",
+    "rejected_rows",
+    "resume_job",
+    "retry_failed",
+    "zip_file_name",
+]

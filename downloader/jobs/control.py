@@ -1,0 +1,85 @@
+"""Controlling jobs: pause, resume, cancel, retry failures, delete."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import delete, update
+
+from downloader import queue
+from downloader.db import Database, rowcount
+from downloader.models import IMAGE, JOB, PRODUCT, REJECTED_ROW, ImageStatus, JobStatus
+from downloader.storage import Storage
+
+
+def pause_job(db: Database, job_id: str) -> bool:
+    return _set_status(db, job_id, [JobStatus.QUEUED, JobStatus.RUNNING], JobStatus.PAUSED)
+
+
+def resume_job(db: Database, job_id: str) -> bool:
+    changed = _set_status(db, job_id, [JobStatus.PAUSED], JobStatus.RUNNING)
+    if changed:
+        queue.settle_job(db, job_id)
+    return changed
+
+
+def cancel_job(db: Database, job_id: str) -> bool:
+    """Stop a job: queued images become skipped; downloads already running finish."""
+    with db.write() as session:
+        changed = rowcount(
+            session.execute(
+                update(JOB)
+                .where(
+                    JOB.c.id == job_id,
+                    JOB.c.status.in_([JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED]),
+                )
+                .values(status=JobStatus.CANCELLED, finished_at=time.time())
+            )
+        )
+        session.execute(
+            update(IMAGE)
+            .where(IMAGE.c.job_id == job_id, IMAGE.c.status == ImageStatus.QUEUED)
+            .values(
+                status=ImageStatus.SKIPPED, error_code="cancelled", error="The job was cancelled."
+            )
+        )
+    return bool(changed)
+
+
+def retry_failed(db: Database, job_id: str) -> int:
+    """Queue failed (and skipped) images again and reopen the job."""
+    with db.write() as session:
+        count = rowcount(
+            session.execute(
+                update(IMAGE)
+                .where(
+                    IMAGE.c.job_id == job_id,
+                    IMAGE.c.status.in_([ImageStatus.FAILED, ImageStatus.SKIPPED]),
+                )
+                .values(status=ImageStatus.QUEUED, error_code=None, error=None, http_status=None)
+            )
+        )
+        if count:
+            session.execute(
+                update(JOB)
+                .where(JOB.c.id == job_id)
+                .values(status=JobStatus.RUNNING, finished_at=None)
+            )
+    return int(count or 0)
+
+
+def _set_status(db: Database, job_id: str, from_states: list[JobStatus], to: JobStatus) -> bool:
+    with db.write() as session:
+        result = session.execute(
+            update(JOB).where(JOB.c.id == job_id, JOB.c.status.in_(from_states)).values(status=to)
+        )
+    return bool(rowcount(result))
+
+
+def delete_job(db: Database, storage: Storage, job_id: str) -> None:
+    """Remove the job's stored files and every row it owns."""
+    storage.delete_prefix(f"jobs/{job_id}/")
+    with db.write() as session:
+        for table in (IMAGE, REJECTED_ROW, PRODUCT):
+            session.execute(delete(table).where(table.c.job_id == job_id))
+        session.execute(delete(JOB).where(JOB.c.id == job_id))

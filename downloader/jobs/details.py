@@ -1,0 +1,213 @@
+"""Reading inside one job: per-product progress, single images, failures and rejected rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import ColumnElement, case, func, or_, select
+
+from downloader.archive import csv_rows_chunks, image_file_name
+from downloader.db import Database
+from downloader.models import IMAGE, PENDING_IMAGE_STATUSES, PRODUCT, REJECTED_ROW, ImageStatus
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas is imported inside the functions that build tables: the download processes import
+# the jobs service for counts and must not carry pandas (~80 MB) for that.
+
+FAILED_COLUMNS = ["product", "position", "url", "error_code", "error", "http_status", "attempts"]
+
+
+def product_progress(
+    db: Database,
+    job_id: str,
+    *,
+    text: str | None = None,
+    only_problems: bool = False,
+    limit: int | None = None,
+    offset: int = 0,
+) -> pd.DataFrame:
+    """One row per product: images, counts by state, progress 0..1, and a status word."""
+    import pandas as pd
+
+    def count_of(*states: ImageStatus) -> ColumnElement[Any]:
+        return func.sum(case((IMAGE.c.status.in_(states), 1), else_=0))
+
+    with db.read() as session:
+        agg = (
+            select(
+                IMAGE.c.product_id,
+                func.count().label("images"),
+                count_of(ImageStatus.DONE).label("done"),
+                count_of(ImageStatus.DUPLICATE).label("duplicate"),
+                count_of(ImageStatus.FAILED).label("failed"),
+                count_of(ImageStatus.SKIPPED).label("skipped"),
+                count_of(*PENDING_IMAGE_STATUSES).label("pending"),
+            )
+            .where(IMAGE.c.job_id == job_id)
+            .group_by(IMAGE.c.product_id)
+            .subquery()
+        )
+        query = (
+            select(PRODUCT.c.number.label("product"), agg)
+            .join(agg, agg.c.product_id == PRODUCT.c.id)
+            .where(PRODUCT.c.job_id == job_id)
+            .order_by(PRODUCT.c.position)
+        )
+        if text:
+            query = query.where(PRODUCT.c.number.ilike(f"%{text.strip()}%"))
+        if only_problems:
+            query = query.where(agg.c.failed > 0)
+        if limit is not None:
+            query = query.limit(limit).offset(offset)
+        frame = pd.DataFrame(session.execute(query).mappings().all())
+    columns = ["product", "images", "done", "duplicate", "failed", "skipped", "pending"]
+    if frame.empty:
+        return pd.DataFrame(columns=[*columns, "progress", "status"])
+    frame = frame[columns]
+    finished = frame["images"] - frame["pending"]
+    frame["progress"] = (finished / frame["images"]).fillna(1.0)
+    frame["status"] = "done"
+    frame.loc[frame["failed"] > 0, "status"] = "has failures"
+    frame.loc[frame["pending"] > 0, "status"] = "downloading"
+    return frame
+
+
+def product_numbers(db: Database, job_id: str) -> list[str]:
+    with db.read() as session:
+        return list(
+            session.execute(
+                select(PRODUCT.c.number)
+                .where(PRODUCT.c.job_id == job_id)
+                .order_by(PRODUCT.c.position)
+            ).scalars()
+        )
+
+
+def error_summary(db: Database, job_id: str) -> dict[str, int]:
+    with db.read() as session:
+        rows = session.execute(
+            select(IMAGE.c.error_code, func.count())
+            .where(IMAGE.c.job_id == job_id, IMAGE.c.status == ImageStatus.FAILED)
+            .group_by(IMAGE.c.error_code)
+            .order_by(func.count().desc())
+        ).all()
+    return {code or "unknown": int(count) for code, count in rows}
+
+
+def failed_images(
+    db: Database,
+    job_id: str,
+    *,
+    error_code: str | None = None,
+    text: str | None = None,
+    limit: int | None = 1000,
+) -> pd.DataFrame:
+    import pandas as pd
+
+    with db.read() as session:
+        query = (
+            select(
+                PRODUCT.c.number.label("product"),
+                IMAGE.c.position,
+                IMAGE.c.url,
+                IMAGE.c.error_code,
+                IMAGE.c.error,
+                IMAGE.c.http_status,
+                IMAGE.c.attempts,
+            )
+            .join(PRODUCT, PRODUCT.c.id == IMAGE.c.product_id)
+            .where(IMAGE.c.job_id == job_id, IMAGE.c.status == ImageStatus.FAILED)
+            .order_by(PRODUCT.c.position, IMAGE.c.position)
+        )
+        if error_code:
+            query = query.where(IMAGE.c.error_code == error_code)
+        if text:
+            pattern = f"%{text.strip()}%"
+            query = query.where(or_(PRODUCT.c.number.ilike(pattern), IMAGE.c.url.ilike(pattern)))
+        if limit is not None:
+            query = query.limit(limit)
+        rows = session.execute(query).all()
+    return pd.DataFrame(rows, columns=FAILED_COLUMNS)
+
+
+def failed_csv(db: Database, job_id: str) -> Iterator[bytes]:
+    """Every failed image as CSV chunks (ZIPs and the manifest live in downloader/exports.py)."""
+    frame = failed_images(db, job_id, limit=None)
+    return csv_rows_chunks(FAILED_COLUMNS, frame.itertuples(index=False, name=None))
+
+
+def rejected_rows(
+    db: Database, job_id: str, *, kind: str | None = None, limit: int = 1000
+) -> pd.DataFrame:
+    import pandas as pd
+
+    with db.read() as session:
+        query = (
+            select(
+                REJECTED_ROW.c.row,
+                REJECTED_ROW.c.kind,
+                REJECTED_ROW.c.reason,
+                REJECTED_ROW.c.product,
+                REJECTED_ROW.c.url,
+            )
+            .where(REJECTED_ROW.c.job_id == job_id)
+            .order_by(REJECTED_ROW.c.row)
+            .limit(limit)
+        )
+        if kind:
+            query = query.where(REJECTED_ROW.c.kind == kind)
+        rows = session.execute(query).all()
+    return pd.DataFrame(rows, columns=["row", "kind", "reason", "product", "url"])
+
+
+@dataclass
+class ImageInfo:
+    product: str
+    position: int
+    file: str | None
+    status: str
+    key: str | None
+    width: int | None
+    height: int | None
+    format: str | None
+    size_bytes: int | None
+    error: str | None
+
+
+def product_images(db: Database, job_id: str, product: str, *, limit: int = 200) -> list[ImageInfo]:
+    with db.read() as session:
+        rows = session.execute(
+            select(
+                IMAGE.c.position,
+                IMAGE.c.status,
+                IMAGE.c.storage_key,
+                IMAGE.c.width,
+                IMAGE.c.height,
+                IMAGE.c.format,
+                IMAGE.c.size_bytes,
+                IMAGE.c.error,
+            )
+            .join(PRODUCT, PRODUCT.c.id == IMAGE.c.product_id)
+            .where(PRODUCT.c.job_id == job_id, PRODUCT.c.number == product)
+            .order_by(IMAGE.c.position)
+            .limit(limit)
+        ).all()
+    return [
+        ImageInfo(
+            product=product,
+            position=pos,
+            file=image_file_name(product, pos, fmt) if fmt and status == ImageStatus.DONE else None,
+            status=status,
+            key=key,
+            width=w,
+            height=h,
+            format=fmt,
+            size_bytes=size,
+            error=err,
+        )
+        for pos, status, key, w, h, fmt, size, err in rows
+    ]

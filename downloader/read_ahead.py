@@ -1,0 +1,88 @@
+"""Serve a blocking byte iterator (a ZIP or CSV being built) to async code, built ahead.
+
+Starlette hops to a worker thread for every chunk of a blocking iterator, and builds the
+next chunk only once the previous one is sent, so building (file reads, CRC-32, CSV) and
+sending take turns. Here one thread builds batches of about 1 MB while the event loop sends
+the previous ones: the two overlap, the loop stays free for the UI's websockets, and memory
+stays bounded (at most `batches_ahead` batches wait).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import AsyncGenerator, Iterator
+
+import anyio
+
+BATCH_BYTES = 1 << 20
+BATCHES_AHEAD = 4
+_PUT_POLL = 0.5  # seconds between checks whether the reader went away
+
+
+class _Finished:
+    """Put on the queue when the iterator is exhausted (or failed: `error`)."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error
+
+
+async def read_ahead(
+    chunks: Iterator[bytes],
+    *,
+    batch_bytes: int = BATCH_BYTES,
+    batches_ahead: int = BATCHES_AHEAD,
+) -> AsyncGenerator[bytes, None]:
+    """Yield the chunks of `chunks` in order, built ahead in a thread.
+
+    The iterator is only ever advanced and closed by that one thread. When the consumer
+    stops early (client gone, cancelled), the thread stops within a moment and closes the
+    iterator, which releases its files and database read. A build error is raised here.
+    """
+    ready: queue.Queue[list[bytes] | _Finished] = queue.Queue(maxsize=batches_ahead)
+    abandoned = threading.Event()
+
+    def hand_over(item: list[bytes] | _Finished) -> bool:
+        while not abandoned.is_set():
+            try:
+                ready.put(item, timeout=_PUT_POLL)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def build() -> None:
+        try:
+            batch: list[bytes] = []
+            size = 0
+            for chunk in chunks:
+                batch.append(chunk)
+                size += len(chunk)
+                if size >= batch_bytes:
+                    if not hand_over(batch):
+                        return
+                    batch, size = [], 0
+            if batch and not hand_over(batch):
+                return
+            hand_over(_Finished())
+        except BaseException as exc:  # handed to the reader, which raises it
+            hand_over(_Finished(exc))
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    builder = threading.Thread(target=build, name="read-ahead", daemon=True)
+    builder.start()
+    try:
+        while True:
+            # not cancellable while waiting: the builder always hands something over soon
+            item = await anyio.to_thread.run_sync(ready.get)
+            if isinstance(item, _Finished):
+                if item.error is not None:
+                    raise item.error
+                return
+            for chunk in item:
+                yield chunk
+    finally:
+        abandoned.set()
