@@ -123,7 +123,7 @@ def _export_endpoint(kind: str) -> Any:
             job = await run_in_threadpool(jobs.get_job, services.db, job_id)
         except jobs.JobNotFound:
             return PlainTextResponse(f"No job with id {job_id!r}.", 404)
-        body: Iterator[bytes]
+        body: Iterator[bytes] | Iterator[bytes | memoryview]
         headers: dict[str, str] = {}
         if kind == "zip":
             body = jobs.job_zip(services.db, services.storage, job.id)

@@ -19,6 +19,7 @@ import io
 import logging
 import re
 import tempfile
+import time
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
@@ -26,11 +27,16 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from zipstream import ZIP_STORED, ZipStream
+from zipstream.ng import ZipStreamInfo
 
 from downloader.csvsafe import excel_safe
 from downloader.storage import DEFAULT_CHUNK_SIZE, Storage, iter_stream
 
 log = logging.getLogger(__name__)
+
+# A piece of ZIP output: bytes, or a view of a buffer a file was read into in place.
+ZipChunk = bytes | memoryview
+_FLAG_DATA_DESCRIPTOR = 0x08  # sizes and CRC follow the data (as zipstream-ng writes them)
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = [
@@ -54,6 +60,7 @@ MISSING_ERROR = "The downloaded file is missing from storage (storage_missing)"
 CSV_CHUNK_SIZE = 64 * 1024  # CSV text is handed out in pieces of about this size
 OUTPUT_CHUNK_SIZE = 64 * 1024  # small ZIP records are merged up to this size
 PREFETCH_MAX_BYTES = 4 * 1024 * 1024  # read-ahead only files up to this size
+WHOLE_ENTRY_MAX_BYTES = 4 * 1024 * 1024  # files with a known CRC up to this size: one piece
 SPOOL_MEMORY = 4 * 1024 * 1024  # spools stay in memory up to this, then go to disk
 S3_PREFETCH = 16  # files fetched ahead in threads when the storage is remote
 
@@ -84,6 +91,7 @@ class ManifestRow:
     error: str | None = None
     duplicate_of: str | None = None
     key: str | None = None  # storage key; not written to the CSV
+    crc32: int | None = None  # of the stored bytes, when known; not written to the CSV
 
     def csv_values(self) -> list[object]:
         return [
@@ -187,8 +195,15 @@ def _missing(row: ManifestRow) -> ManifestRow:
 
 @dataclass(slots=True)
 class _Source:
-    data: bytes | Iterator[bytes]
+    data: bytes | Iterator[bytes] | None  # None: read whole when its entry is written
     size: int
+
+
+def _whole_entry_size(row: ManifestRow) -> int | None:
+    """The size of a row whose entry can be written in one piece (CRC known, small)."""
+    if row.crc32 is None or row.bytes is None or not 0 < row.bytes <= WHOLE_ENTRY_MAX_BYTES:
+        return None
+    return row.bytes
 
 
 def _open_source(storage: Storage, row: ManifestRow, chunk_size: int) -> _Source:
@@ -221,6 +236,10 @@ def _sources(
         for row in rows:
             if not row.has_file:
                 yield (_missing(row) if row.status == "done" else row), None
+                continue
+            whole = _whole_entry_size(row)
+            if whole is not None:
+                yield row, _Source(None, whole)
                 continue
             try:
                 source = _open_source(storage, row, chunk_size)
@@ -305,9 +324,9 @@ class _SpooledCentralDirectory:
             yield _Record(chunk)
 
 
-def _coalesce(chunks: Iterable[bytes], min_size: int = OUTPUT_CHUNK_SIZE) -> Iterator[bytes]:
+def _coalesce(chunks: Iterable[ZipChunk], min_size: int = OUTPUT_CHUNK_SIZE) -> Iterator[ZipChunk]:
     """Merge the many tiny ZIP headers with their neighbours; big chunks pass unchanged."""
-    parts: list[bytes] = []
+    parts: list[ZipChunk] = []
     pending = 0
     try:
         for chunk in chunks:
@@ -334,7 +353,7 @@ def stream_zip(
     folder_per_product: bool,
     prefetch: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> Iterator[bytes]:
+) -> Iterator[ZipChunk]:
     """Yield a stored ZIP of the rows' files plus manifest.csv (all rows), as it is built.
 
     Rows with status "done" and a key become file entries; the manifest lists every row.
@@ -353,7 +372,7 @@ def _zip_chunks(
     folder_per_product: bool,
     prefetch: int,
     chunk_size: int,
-) -> Iterator[bytes]:
+) -> Iterator[ZipChunk]:
     with ExitStack() as stack:
         manifest_spool = stack.enter_context(tempfile.SpooledTemporaryFile(SPOOL_MEMORY))
         directory_spool = stack.enter_context(tempfile.SpooledTemporaryFile(SPOOL_MEMORY))
@@ -364,11 +383,30 @@ def _zip_chunks(
         manifest.write(MANIFEST_COLUMNS)
         sources = _sources(storage, rows, prefetch, chunk_size)
         stack.callback(sources.close)
+        date_time = time.localtime()[0:6]
         for row, source in sources:
+            if source is not None and source.data is None:
+                file_name, arcname = _entry_names(row, folder_per_product)
+                try:
+                    entry = _whole_entry(storage, row, arcname, archive, date_time)
+                except FileNotFoundError:
+                    row, source = _missing(row), None
+                else:
+                    if entry is not None:
+                        if file_name != row.file:
+                            row = dataclasses.replace(row, file=file_name)
+                        yield entry
+                        source = None
+                    else:  # the file's size changed: take it as it is now
+                        try:
+                            source = _open_source(storage, row, chunk_size)
+                        except FileNotFoundError:
+                            row, source = _missing(row), None
             if source is not None:
                 file_name, arcname = _entry_names(row, folder_per_product)
                 if file_name != row.file:
                     row = dataclasses.replace(row, file=file_name)
+                assert source.data is not None
                 archive.add(source.data, arcname, size=source.size)
                 try:
                     yield from archive.all_files()
@@ -384,6 +422,47 @@ def _zip_chunks(
         manifest_spool.seek(0)
         archive.add(iter_stream(manifest_spool, chunk_size), MANIFEST_NAME, size=manifest_size)
         yield from archive.finalize()
+
+
+def _whole_entry(
+    storage: Storage,
+    row: ManifestRow,
+    arcname: str,
+    archive: ZipStream,
+    date_time: tuple[int, ...],
+) -> memoryview | None:
+    """A stored entry in one buffer: local header, the file read straight into place, data
+    descriptor. The CRC comes from the download, so the bytes are not scanned again and not
+    copied again; the layout is zipstream-ng's own (sizes in the descriptor), so zip_size
+    holds. None when the file's size is no longer the recorded one. The entry is then
+    registered with `archive` (its central directory record and position).
+    """
+    assert row.key is not None and row.bytes is not None and row.crc32 is not None
+    size = row.bytes
+    info = ZipStreamInfo(arcname, date_time=date_time)
+    info.external_attr = 0o600 << 16  # as zipstream-ng sets it for added data
+    info.compress_type = ZIP_STORED
+    info.flag_bits |= _FLAG_DATA_DESCRIPTOR
+    info.header_offset = archive._pos
+    header = info.FileHeader(False)
+    info.CRC, info.file_size, info.compress_size = row.crc32, size, size
+    descriptor = info.DataDescriptor(False)
+    start, end = len(header), len(header) + size
+    buffer = bytearray(end + len(descriptor))
+    buffer[:start] = header
+    view = memoryview(buffer)
+    with storage.open(row.key) as handle:
+        readinto = handle.readinto  # type: ignore[attr-defined]  # BinaryIO omits it
+        # one byte more than expected fits in the descriptor's place: a longer file shows
+        got = 0
+        while got <= size and (n := readinto(view[start + got : end + 1])):
+            got += n
+    if got != size:
+        return None
+    buffer[end:] = descriptor
+    archive._pos += len(buffer)
+    archive._filelist.append(info)
+    return view
 
 
 def zip_size(storage: Storage, rows: Iterable[ManifestRow], *, folder_per_product: bool) -> int:

@@ -67,9 +67,10 @@ class Database:
                 session.rollback()
                 raise
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest migration; safe when several processes start."""
-        if self.schema_is_current():
+    def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to the newest migration (or `revision`); safe when several
+        processes start."""
+        if revision == "head" and self.schema_is_current():
             return  # the common start: skip importing Alembic (a second of CPU)
         from alembic import command
         from alembic.config import Config
@@ -81,7 +82,7 @@ class Database:
                 config = Config()
                 config.set_main_option("script_location", str(MIGRATIONS_DIR))
                 config.attributes["connection"] = conn
-                command.upgrade(config, "head")
+                command.upgrade(config, revision)
                 conn.commit()
             finally:
                 if self.is_postgres:

@@ -252,6 +252,7 @@ class Engine:
             attempts=attempts,
             http_status=outcome.http_status,
             sha256=outcome.sha256,
+            crc32=outcome.crc32,
             size_bytes=outcome.size,
             format=outcome.format,
             width=outcome.width,

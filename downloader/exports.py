@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from downloader.archive import (
     ManifestRow,
+    ZipChunk,
     image_file_name,
     manifest_csv_chunks,
     stream_zip,
@@ -43,6 +44,7 @@ def manifest_rows(
             IMAGE.c.error,
             IMAGE.c.error_code,
             IMAGE.c.storage_key,
+            IMAGE.c.crc32,
             original.c.position,
             original.c.format,
         )
@@ -70,6 +72,7 @@ def manifest_rows(
             err,
             code,
             key,
+            crc,
             dup_pos,
             dup_fmt,
         ) in result:
@@ -93,10 +96,11 @@ def manifest_rows(
                 if dup_pos and dup_fmt
                 else None,
                 key=key if status == ImageStatus.DONE else None,
+                crc32=crc,
             )
 
 
-def product_zip(db: Database, storage: Storage, job_id: str, product: str) -> Iterator[bytes]:
+def product_zip(db: Database, storage: Storage, job_id: str, product: str) -> Iterator[ZipChunk]:
     return stream_zip(storage, manifest_rows(db, job_id, product=product), folder_per_product=False)
 
 
@@ -105,7 +109,7 @@ def product_zip_bytes(db: Database, storage: Storage, job_id: str, product: str)
     return b"".join(product_zip(db, storage, job_id, product))
 
 
-def job_zip(db: Database, storage: Storage, job_id: str) -> Iterator[bytes]:
+def job_zip(db: Database, storage: Storage, job_id: str) -> Iterator[ZipChunk]:
     return stream_zip(storage, manifest_rows(db, job_id), folder_per_product=True)
 
 

@@ -11,7 +11,7 @@ import time
 import uuid
 from enum import StrEnum
 
-from sqlalchemy import Index, Table, UniqueConstraint
+from sqlalchemy import BigInteger, Index, Table, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -115,6 +115,9 @@ class Image(SQLModel, table=True):
     error: str | None = Field(default=None, max_length=500)
     http_status: int | None = None
     sha256: str | None = Field(default=None, max_length=64)
+    # CRC-32 of the stored bytes (unsigned: needs 64 bits in PostgreSQL), so ZIPs need not
+    # compute it; None for images stored before it was kept
+    crc32: int | None = Field(default=None, sa_type=BigInteger)
     size_bytes: int | None = None
     format: str | None = Field(default=None, max_length=8)
     width: int | None = None

@@ -51,6 +51,7 @@ class Result:
     error: str | None = None
     http_status: int | None = None
     sha256: str | None = None
+    crc32: int | None = None
     size_bytes: int | None = None
     format: str | None = None
     width: int | None = None
@@ -287,6 +288,7 @@ _RESULT_COLUMNS = (
     "error",
     "http_status",
     "sha256",
+    "crc32",
     "size_bytes",
     "format",
     "width",

@@ -1,8 +1,8 @@
 """Serve a blocking byte iterator (a ZIP or CSV being built) to async code, built ahead.
 
 Starlette hops to a worker thread for every chunk of a blocking iterator, and builds the
-next chunk only once the previous one is sent, so building (file reads, CRC-32, CSV) and
-sending take turns. Here one thread builds batches of about 1 MB while the event loop sends
+next chunk only once the previous one is sent, so building (file reads, CSV) and
+sending take turns. Here one thread builds batches of about 4 MB while the event loop sends
 the previous ones: the two overlap, the loop stays free for the UI's websockets, and memory
 stays bounded (at most `batches_ahead` batches wait).
 """
@@ -12,11 +12,14 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import AsyncGenerator, Iterator
+from typing import TypeVar
 
 import anyio
 
-BATCH_BYTES = 1 << 20
-BATCHES_AHEAD = 4
+Chunk = TypeVar("Chunk", bound=bytes | memoryview)
+
+BATCH_BYTES = 4 << 20
+BATCHES_AHEAD = 2
 _PUT_POLL = 0.5  # seconds between checks whether the reader went away
 
 
@@ -28,21 +31,21 @@ class _Finished:
 
 
 async def read_ahead(
-    chunks: Iterator[bytes],
+    chunks: Iterator[Chunk],
     *,
     batch_bytes: int = BATCH_BYTES,
     batches_ahead: int = BATCHES_AHEAD,
-) -> AsyncGenerator[bytes, None]:
+) -> AsyncGenerator[Chunk, None]:
     """Yield the chunks of `chunks` in order, built ahead in a thread.
 
     The iterator is only ever advanced and closed by that one thread. When the consumer
     stops early (client gone, cancelled), the thread stops within a moment and closes the
     iterator, which releases its files and database read. A build error is raised here.
     """
-    ready: queue.Queue[list[bytes] | _Finished] = queue.Queue(maxsize=batches_ahead)
+    ready: queue.Queue[list[Chunk] | _Finished] = queue.Queue(maxsize=batches_ahead)
     abandoned = threading.Event()
 
-    def hand_over(item: list[bytes] | _Finished) -> bool:
+    def hand_over(item: list[Chunk] | _Finished) -> bool:
         while not abandoned.is_set():
             try:
                 ready.put(item, timeout=_PUT_POLL)
@@ -53,7 +56,7 @@ async def read_ahead(
 
     def build() -> None:
         try:
-            batch: list[bytes] = []
+            batch: list[Chunk] = []
             size = 0
             for chunk in chunks:
                 batch.append(chunk)

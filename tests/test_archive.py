@@ -229,7 +229,7 @@ def test_rows_are_consumed_once_and_lazily(local: LocalStorage) -> None:
     rows = [done_row(local, "SKU-1", n, os.urandom(200_000)) for n in range(1, 51)]
     source = OneShot(rows)
     chunks = stream_zip(local, source, folder_per_product=False)
-    first = next(chunks)
+    first = bytes(next(chunks))
     assert first.startswith(b"PK\x03\x04")
     assert source.pulled <= 2, "rows must be pulled as the ZIP is written, not up front"
     rest = b"".join(chunks)

@@ -139,7 +139,7 @@ def test_entry_over_4_gib_is_zip64(tmp_path: Path) -> None:
     for chunk in stream_zip(storage, rows, folder_per_product=False):
         if len(head) < 4096:
             head += chunk[: 4096 - len(head)]
-        tail = (tail + chunk)[-MIB:] if len(chunk) < MIB else chunk[-MIB:]
+        tail = (tail + chunk)[-MIB:] if len(chunk) < MIB else bytes(chunk[-MIB:])
         length += len(chunk)
     assert length == zip_size(storage, rows, folder_per_product=False)
     with zipfile.ZipFile(io.BufferedReader(SparseFile(bytes(head), tail, length))) as archive:

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select, update
 
 from downloader import queue
-from downloader.db import Database, open_database
+from downloader.db import Database, newest_revision, open_database
 from downloader.models import IMAGE, Image, ImageStatus, Job, JobStatus, Product, Worker
 from downloader.queue import Result
 
@@ -76,7 +76,36 @@ def test_schema_is_created_by_migrations_and_is_idempotent(tmp_path: Path) -> No
     db = open_database(url)  # second start: nothing to do, no error
     with db.engine.connect() as conn:
         version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one()
-    assert version == "0001"
+    assert version == newest_revision() == "0002"
+
+
+def test_the_migrations_build_exactly_the_models_tables(tmp_path: Path) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    db = open_database(f"sqlite:///{tmp_path / 'm.db'}")
+    with db.engine.connect() as conn:
+        drift = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    assert drift == []
+
+
+def test_a_database_from_before_crc32_upgrades_and_keeps_its_rows(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = Database(url)
+    old.migrate("0001")
+    with old.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO job (id, name, source, status, created_at, products, images,"
+            " rejected_rows, duplicates_removed, created_by, input_sha256)"
+            " VALUES ('j1', 'old', 'paste', 'completed', 0, 1, 1, 0, 0, '', 'x')"
+        )
+    old.dispose()
+    db = open_database(url)
+    with db.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT name FROM job").scalar_one() == "old"
+        columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(image)")}
+    assert "crc32" in columns
 
 
 def test_sqlite_runs_in_wal_mode(db: Database) -> None:

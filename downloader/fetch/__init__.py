@@ -2,7 +2,9 @@
 
 The engine uses `Fetcher` and `FetchOutcome`; the other modules are its parts:
 client (httpx over a guarded aiohttp transport), limits (slots, pacer, circuit breaker),
-retry (policy, backoff, Retry-After) and sniff (type and dimensions from the bytes).
+retry (policy, backoff, Retry-After), body (reading, decoding, hashing and spooling a response
+body), sniff (type and dimensions from the bytes), tempfiles (the ``.part`` files and their
+clean-up) and outcomes (FetchOutcome, FetchStats, failures and their wording).
 """
 
 from downloader.fetch.fetcher import Fetcher, FetchOutcome, FetchStats, remove_leftovers

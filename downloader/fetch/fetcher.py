@@ -4,21 +4,13 @@ Per image: guard check -> [per-host slot -> global slot -> circuit breaker -> QP
 request -> body (SHA-256 and size counted as bytes arrive) -> temp file -> sniff] with manual
 redirects (each hop re-checked by the guard) and retries (slots released while sleeping).
 
-The body is spooled in memory up to SPOOL_BYTES (256 KiB) and then written in pieces of that
-size, so a typical image costs one file creation and one write, and its dimensions are read
-from memory; the magic number is checked as soon as the first bytes arrive (a web page is
-refused without reading it all, and without creating a file).
+How the body is read, decoded and checked: see `downloader.fetch.body`.
 
 Deadline semantics (DOWNLOAD_DEADLINE): a budget for one image's *own* time - every request of
 every attempt (connect, headers, body, redirect hops) plus the backoff sleeps between attempts.
 Time spent queued for a concurrency slot or a QPS token is not charged, so a deep queue never
 times images out; a trickling server does (error_code ``timeout``). A retry whose backoff would
 not fit in the remaining budget is not attempted: the last failure is returned at once.
-
-Content-Encoding: ``identity`` is asked for; if a server still sends ``gzip``/``x-gzip`` or
-``deflate`` the fetcher decodes it itself, in bounded steps, counting the *decoded* bytes against
-MAX_IMAGE_SIZE_MB (a gzip bomb ends as ``too_large`` with at most one step in memory). Any other
-encoding (br, zstd, compress, stacked encodings) is refused with ``bad_encoding``.
 
 Circuit breaker: per host (name:port), counts consecutive connection failures and timeouts
 (connect, read, and the image deadline). HTTP answers of any status close it again. See
@@ -29,29 +21,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import http
 import logging
-import os
-import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
-from uuid import uuid4
+from typing import TYPE_CHECKING
 
 import httpx
 
-from downloader.fetch.client import (
-    BlockedAddress,
-    TLSError,
-    TruncatedBody,
-    build_client,
-    default_headers,
-)
+from downloader.fetch.body import DECODE_STEP, SPOOL_BYTES, BodyReceiver
+from downloader.fetch.client import BlockedAddress, TLSError, build_client, default_headers
 from downloader.fetch.limits import CircuitBreaker, HostSlots, Pacer, Slots, scaled
+from downloader.fetch.outcomes import (
+    Failure,
+    FetchOutcome,
+    FetchStats,
+    as_sentence,
+    describe_exception,
+    format_seconds,
+)
 from downloader.fetch.retry import RetryPolicy, is_retryable_status, parse_retry_after
-from downloader.fetch.sniff import HEAD_BYTES, SniffError, check_magic, image_info
+from downloader.fetch.tempfiles import TEMP_SUFFIX, remove_leftovers
 from downloader.guard import Guard
 
 if TYPE_CHECKING:
@@ -61,69 +52,6 @@ log = logging.getLogger(__name__)
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 DRAIN_LIMIT = 64 * 1024  # read small error/redirect bodies so the connection can be reused
-DECODE_STEP = 256 * 1024  # most decoded bytes produced per zlib call
-SPOOL_BYTES = 256 * 1024  # body bytes kept in memory before they are written out
-TEMP_SUFFIX = ".part"
-_O_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-
-
-@dataclass(slots=True)
-class FetchOutcome:
-    """The result of one `Fetcher.fetch`. On success the caller owns `temp_path` (move it);
-    on failure there is no file (the fetcher already deleted it)."""
-
-    ok: bool
-    error_code: str | None = None
-    error: str | None = None
-    http_status: int | None = None
-    attempts: int = 0
-    temp_path: Path | None = None
-    sha256: str | None = None
-    size: int | None = None
-    format: str | None = None
-    width: int | None = None
-    height: int | None = None
-    final_url: str | None = None
-
-
-@dataclass(slots=True)
-class FetchStats:
-    """Counters for progress displays (read them any time; they only grow, except the gauges)."""
-
-    requests: int = 0  # HTTP requests sent: attempts, retries and redirect hops
-    retries: int = 0
-    redirects: int = 0
-    bytes: int = 0  # body bytes received (decoded)
-    ok: int = 0
-    failed: int = 0
-    in_flight: int = 0  # gauge: fetch() calls running (queued or transferring)
-    active: int = 0  # gauge: requests holding a connection slot
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-
-class _Fail(Exception):
-    """A failed request or body, as data (raised inside the hop, turned into a hop result)."""
-
-    def __init__(
-        self,
-        code: str,
-        message: str,
-        *,
-        status: int | None = None,
-        retryable: bool = False,
-        retry_after: float | None = None,
-        reachable: bool | None = True,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
-        self.retryable = retryable
-        self.retry_after = retry_after
-        # breaker input: True = host answered, False = connection failure/timeout, None = n/a
-        self.reachable = reachable
 
 
 @dataclass(slots=True)
@@ -144,45 +72,6 @@ class _Job:
         self.visited = {str(url)}
 
 
-class _Decoder:
-    """Incremental gzip/deflate decoding with bounded output per step."""
-
-    def __init__(self, encoding: str) -> None:
-        self.encoding = encoding
-        self._obj: Any = None  # zlib decompress object, created on the first bytes
-
-    def _make(self, first: bytes) -> Any:
-        if self.encoding == "deflate":
-            # "deflate" is zlib-wrapped by the RFC, raw by some servers: look at the header.
-            zlib_header = (
-                len(first) >= 2 and first[0] & 0x0F == 8 and (first[0] << 8 | first[1]) % 31 == 0
-            )
-            return zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
-
-    def feed(self, data: bytes, budget: int) -> tuple[list[bytes], int]:
-        """Decoded pieces of `data`; stops early once more than `budget` bytes came out."""
-        if self._obj is None:
-            self._obj = self._make(data)
-        obj = self._obj
-        pieces: list[bytes] = []
-        produced = 0
-        buf = data
-        while buf and not obj.eof:
-            piece = obj.decompress(buf, DECODE_STEP)
-            if piece:
-                pieces.append(piece)
-                produced += len(piece)
-                if produced > budget:
-                    break
-            buf = obj.unconsumed_tail
-        return pieces, produced
-
-    @property
-    def complete(self) -> bool:
-        return self._obj is not None and bool(self._obj.eof)
-
-
 def _host_key(url: httpx.URL) -> str:
     port = url.port or (443 if url.scheme == "https" else 80)
     host = url.host
@@ -194,22 +83,6 @@ def _reason_phrase(response: httpx.Response) -> str:
         return http.HTTPStatus(response.status_code).phrase
     except ValueError:
         return response.reason_phrase or ""
-
-
-def _mb(n: float) -> str:
-    return f"{n / (1024 * 1024):.3g} MB"
-
-
-def _secs(seconds: float) -> str:
-    return f"{seconds:g} s"
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    written = os.write(fd, data)
-    if written < len(data):
-        view = memoryview(data)
-        while written < len(data):
-            written += os.write(fd, view[written:])
 
 
 class Fetcher:
@@ -227,6 +100,12 @@ class Fetcher:
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         self.guard = guard or Guard(settings)
         self.stats = FetchStats()
+        self._body = BodyReceiver(
+            limit=settings.max_image_bytes,
+            read_timeout=settings.http_read_timeout,
+            stats=self.stats,
+            temp_dir=self.temp_dir,
+        )
         self.policy = RetryPolicy(
             max_retries=settings.max_retries,
             backoff_base=settings.backoff_base,
@@ -239,7 +118,6 @@ class Fetcher:
         self._breaker = CircuitBreaker(
             settings.circuit_breaker_failures, settings.circuit_breaker_cooldown
         )
-        self._limit = settings.max_image_bytes
         self._deadline = settings.download_deadline
         self._headers = httpx.Headers(default_headers(settings))
         self._timeout = httpx.Timeout(
@@ -249,7 +127,6 @@ class Fetcher:
             pool=None,
         ).as_dict()
         self._client: httpx.AsyncClient | None = None
-        self._pid = os.getpid()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -362,7 +239,7 @@ class Fetcher:
 
     async def _hop(
         self, client: httpx.AsyncClient, job: _Job, host: str
-    ) -> FetchOutcome | _Redirect | _Fail:
+    ) -> FetchOutcome | _Redirect | Failure:
         """One request under the host and global slots, the breaker, the pacer, the deadline."""
         loop = asyncio.get_running_loop()
         await self._hosts.acquire(host)
@@ -386,17 +263,17 @@ class Fetcher:
                     except TimeoutError:
                         if not scope.expired():
                             raise
-                        result = _Fail(
+                        result = Failure(
                             "timeout",
                             f"The download did not finish within the "
-                            f"{_secs(self._deadline)} deadline.",
+                            f"{format_seconds(self._deadline)} deadline.",
                             reachable=False,
                         )
                         job.remaining = 0
                     finally:
                         self.stats.active -= 1
                         job.remaining -= loop.time() - started
-                    reachable = result.reachable if isinstance(result, _Fail) else True
+                    reachable = result.reachable if isinstance(result, Failure) else True
                     if reachable is True:
                         self._breaker.success(host)
                     elif reachable is False:
@@ -415,7 +292,7 @@ class Fetcher:
 
     async def _exchange(
         self, client: httpx.AsyncClient, job: _Job
-    ) -> FetchOutcome | _Redirect | _Fail:
+    ) -> FetchOutcome | _Redirect | Failure:
         request = httpx.Request(
             "GET", job.current, headers=self._headers, extensions={"timeout": self._timeout}
         )
@@ -423,41 +300,46 @@ class Fetcher:
         try:
             response = await client.send(request, stream=True)
         except BlockedAddress as exc:
-            return _Fail("blocked_address", _sentence(exc.reason), reachable=None)
+            return Failure("blocked_address", as_sentence(exc.reason), reachable=None)
         except TLSError as exc:
-            return _Fail(
+            return Failure(
                 "connection_error",
-                f"The secure connection failed ({_short(exc)}).",
+                f"The secure connection failed ({describe_exception(exc)}).",
                 reachable=None,
             )
         except httpx.ConnectTimeout:
-            return _Fail(
+            return Failure(
                 "timeout",
                 "The server did not accept a connection within "
-                f"{_secs(self.settings.http_connect_timeout)}.",
+                f"{format_seconds(self.settings.http_connect_timeout)}.",
                 retryable=True,
                 reachable=False,
             )
         except httpx.ReadTimeout:
-            return _Fail(
+            return Failure(
                 "timeout",
-                f"The server did not answer within {_secs(self.settings.http_read_timeout)}.",
+                "The server did not answer within "
+                f"{format_seconds(self.settings.http_read_timeout)}.",
                 retryable=True,
                 reachable=False,
             )
         except httpx.ConnectError as exc:
-            return _Fail(
+            return Failure(
                 "connection_error",
-                f"Could not connect to the server ({_short(exc)}).",
+                f"Could not connect to the server ({describe_exception(exc)}).",
                 retryable=True,
                 reachable=False,
             )
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-            return _Fail("bad_url", f"The URL cannot be requested ({_short(exc)}).", reachable=None)
+            return Failure(
+                "bad_url",
+                f"The URL cannot be requested ({describe_exception(exc)}).",
+                reachable=None,
+            )
         except httpx.TransportError as exc:
-            return _Fail(
+            return Failure(
                 "connection_error",
-                f"The connection failed before an answer ({_short(exc)}).",
+                f"The connection failed before an answer ({describe_exception(exc)}).",
                 retryable=True,
                 reachable=False,
             )
@@ -468,14 +350,14 @@ class Fetcher:
 
     async def _handle(
         self, response: httpx.Response, job: _Job
-    ) -> FetchOutcome | _Redirect | _Fail:
+    ) -> FetchOutcome | _Redirect | Failure:
         status = response.status_code
         if status in REDIRECT_STATUSES and "location" in response.headers:
             await self._drain(response)
             try:
                 target = job.current.join(response.headers["location"])
             except (httpx.InvalidURL, ValueError):
-                return _Fail(
+                return Failure(
                     "bad_url",
                     "The server redirected to an invalid address.",
                     status=status,
@@ -487,14 +369,14 @@ class Fetcher:
             retry_after = None
             if retryable:
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
-            return _Fail(
+            return Failure(
                 f"http_{status}",
                 f"The server answered {status} {_reason_phrase(response)}.".replace(" .", "."),
                 status=status,
                 retryable=retryable,
                 retry_after=retry_after,
             )
-        return await self._receive(response, job)
+        return await self._body.receive(response, job.attempts, job.current)
 
     async def _drain(self, response: httpx.Response) -> None:
         """Read a small body to the end (keeps the connection reusable); skip big ones."""
@@ -504,156 +386,6 @@ class Fetcher:
         with contextlib.suppress(httpx.HTTPError):
             async for _ in response.aiter_raw():
                 pass
-
-    async def _receive(self, response: httpx.Response, job: _Job) -> FetchOutcome | _Fail:
-        status = response.status_code
-        limit = self._limit
-        encoding = response.headers.get("content-encoding", "").strip().lower()
-        decoder: _Decoder | None = None
-        if encoding in ("", "identity"):
-            pass
-        elif encoding in ("gzip", "x-gzip"):
-            decoder = _Decoder("gzip")
-        elif encoding == "deflate":
-            decoder = _Decoder("deflate")
-        else:
-            return _Fail(
-                "bad_encoding",
-                f"The server sent the file with an unsupported encoding ({encoding[:40]}).",
-                status=status,
-            )
-        length_header = response.headers.get("content-length")
-        length = int(length_header) if length_header and length_header.isdigit() else None
-        if length is not None and length > limit:
-            return _Fail(
-                "too_large",
-                f"The server announced {_mb(length)}, over the {_mb(limit)} limit.",
-                status=status,
-            )
-
-        stats = self.stats
-        digest = hashlib.sha256()
-        size = 0  # decoded bytes
-        received = 0  # bytes on the wire
-        head = b""  # the first HEAD_BYTES decoded bytes, for the magic-number check
-        sniffed = False
-        # Bodies are spooled in memory up to SPOOL_BYTES and written with one system call;
-        # bigger ones go to the file SPOOL_BYTES at a time. The file is created only once
-        # there is something worth keeping.
-        pending: list[bytes] = []
-        pending_size = 0
-        path: Path | None = None
-        fd = -1
-        keep = False
-        try:
-            try:
-                async for chunk in response.aiter_raw():
-                    received += len(chunk)
-                    if decoder is None:
-                        pieces: list[bytes] | tuple[bytes] = (chunk,)
-                        produced = len(chunk)
-                    else:
-                        pieces, produced = decoder.feed(chunk, limit - size)
-                    size += produced
-                    stats.bytes += produced
-                    if size > limit:
-                        return _Fail(
-                            "too_large",
-                            f"The image is larger than the {_mb(limit)} limit.",
-                            status=status,
-                        )
-                    for piece in pieces:
-                        digest.update(piece)
-                        pending.append(piece)
-                    pending_size += produced
-                    if not sniffed and pending_size:
-                        if len(head) < HEAD_BYTES:
-                            head = (
-                                b"".join(pending)[:HEAD_BYTES]
-                                if len(pending) > 1
-                                else pending[0][:HEAD_BYTES]
-                            )
-                        if len(head) >= HEAD_BYTES:
-                            check_magic(head)  # a web page is refused before it is all read
-                            sniffed = True
-                    if pending_size >= SPOOL_BYTES:
-                        if fd < 0:
-                            path, fd = self._create_temp()
-                        _write_all(fd, b"".join(pending))
-                        pending = []
-                        pending_size = 0
-            except SniffError as exc:
-                return _Fail(exc.code, exc.message, status=status)
-            except TruncatedBody:
-                return _truncated(status)
-            except httpx.ReadTimeout:
-                return _Fail(
-                    "timeout",
-                    "The server stopped sending data for "
-                    f"{_secs(self.settings.http_read_timeout)}.",
-                    status=status,
-                    retryable=True,
-                    reachable=False,
-                )
-            except httpx.TransportError as exc:
-                return _Fail(
-                    "truncated",
-                    f"The connection broke while the file was arriving ({_short(exc)}).",
-                    status=status,
-                    retryable=True,
-                    reachable=None,
-                )
-            except zlib.error:
-                return _Fail(
-                    "bad_encoding",
-                    f"The {encoding} data from the server is corrupt.",
-                    status=status,
-                )
-            if length is not None and received < length:
-                return _truncated(status)
-            if decoder is not None and received and not decoder.complete:
-                return _truncated(status)
-            if size == 0:
-                return _Fail("empty_body", "The server sent an empty file.", status=status)
-            whole = b"".join(pending) if fd < 0 else None  # the body, when it is all in memory
-            try:
-                if whole is not None:
-                    check_magic(whole[:HEAD_BYTES])
-                    path, fd = self._create_temp()
-                    _write_all(fd, whole)
-                elif pending:
-                    _write_all(fd, b"".join(pending))
-                pending = []
-                os.close(fd)
-                fd = -1
-                assert path is not None
-                info = image_info(path, head or (whole or b"")[:HEAD_BYTES], whole)
-            except SniffError as exc:
-                return _Fail(exc.code, exc.message, status=status)
-            keep = True
-            return FetchOutcome(
-                ok=True,
-                http_status=status,
-                attempts=job.attempts,
-                temp_path=path,
-                sha256=digest.hexdigest(),
-                size=size,
-                format=info.format,
-                width=info.width,
-                height=info.height,
-                final_url=str(job.current),
-            )
-        finally:
-            if fd >= 0:
-                os.close(fd)
-            if path is not None and not keep:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-
-    def _create_temp(self) -> tuple[Path, int]:
-        """A new ``<pid>-<uuid>.part`` file in temp_dir (the pid lets a restart clean up)."""
-        path = self.temp_dir / f"{self._pid}-{uuid4().hex}{TEMP_SUFFIX}"
-        return path, os.open(path, _O_FLAGS, 0o600)
 
     # -- outcomes ----------------------------------------------------------------------------
 
@@ -701,7 +433,7 @@ class Fetcher:
             final_url=final_url or str(job.current),
         )
 
-    def _failure(self, job: _Job, fail: _Fail) -> FetchOutcome:
+    def _failure(self, job: _Job, fail: Failure) -> FetchOutcome:
         return self._final(job, fail.code, fail.message, fail.status)
 
     def _circuit_open(self, job: _Job, host: str, now: float) -> FetchOutcome:
@@ -717,55 +449,18 @@ class Fetcher:
         return self._final(
             job,
             "timeout",
-            f"The download did not finish within the {_secs(self._deadline)} deadline.",
+            f"The download did not finish within the {format_seconds(self._deadline)} deadline.",
         )
 
 
-def _truncated(status: int) -> _Fail:
-    return _Fail(
-        "truncated",
-        "The server closed the connection before sending the whole file.",
-        status=status,
-        retryable=True,
-        reachable=None,
-    )
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    text = text.splitlines()[0]
-    return text[:160]
-
-
-def _sentence(reason: str) -> str:
-    return reason if reason.endswith(".") else reason + "."
-
-
-def remove_leftovers(temp_dir: Path, *, all_pids: bool = False) -> int:
-    """Delete ``<pid>-<uuid>.part`` files left by dead processes (or by any, with all_pids).
-
-    Returns how many were removed. Call at start-up, before fetchers of this host start.
-    """
-    removed = 0
-    me = os.getpid()
-    for path in Path(temp_dir).glob(f"*{TEMP_SUFFIX}"):
-        pid_text = path.name.split("-", 1)[0]
-        if not pid_text.isdigit():
-            continue
-        pid = int(pid_text)
-        if not all_pids and (pid == me or _pid_alive(pid)):
-            continue
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-            removed += 1
-    return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+__all__ = [  # the names importable from here before the split
+    "DECODE_STEP",
+    "DRAIN_LIMIT",
+    "REDIRECT_STATUSES",
+    "SPOOL_BYTES",
+    "TEMP_SUFFIX",
+    "FetchOutcome",
+    "FetchStats",
+    "Fetcher",
+    "remove_leftovers",
+]

@@ -1,0 +1,253 @@
+"""Receiving one image response body: `BodyReceiver` turns a 2xx response into a verified temp
+file (SHA-256, CRC-32 and size counted as bytes arrive) or a `Failure`.
+
+The body is spooled in memory up to SPOOL_BYTES (256 KiB) and then written in pieces of that
+size, so a typical image costs one file creation and one write, and its dimensions are read
+from memory; the magic number is checked as soon as the first bytes arrive (a web page is
+refused without reading it all, and without creating a file).
+
+Content-Encoding: ``identity`` is asked for; if a server still sends ``gzip``/``x-gzip`` or
+``deflate`` it is decoded here, in bounded steps, counting the *decoded* bytes against
+MAX_IMAGE_SIZE_MB (a gzip bomb ends as ``too_large`` with at most one step in memory). Any other
+encoding (br, zstd, compress, stacked encodings) is refused with ``bad_encoding``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from downloader.fetch.client import TruncatedBody
+from downloader.fetch.outcomes import (
+    Failure,
+    FetchOutcome,
+    FetchStats,
+    describe_exception,
+    format_mb,
+    format_seconds,
+)
+from downloader.fetch.sniff import HEAD_BYTES, SniffError, check_magic, image_info
+from downloader.fetch.tempfiles import create_temp_file, write_all
+
+DECODE_STEP = 256 * 1024  # most decoded bytes produced per zlib call
+SPOOL_BYTES = 256 * 1024  # body bytes kept in memory before they are written out
+
+
+class _Decoder:
+    """Incremental gzip/deflate decoding with bounded output per step."""
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+        self._obj: Any = None  # zlib decompress object, created on the first bytes
+
+    def _make(self, first: bytes) -> Any:
+        if self.encoding == "deflate":
+            # "deflate" is zlib-wrapped by the RFC, raw by some servers: look at the header.
+            zlib_header = (
+                len(first) >= 2 and first[0] & 0x0F == 8 and (first[0] << 8 | first[1]) % 31 == 0
+            )
+            return zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    def feed(self, data: bytes, budget: int) -> tuple[list[bytes], int]:
+        """Decoded pieces of `data`; stops early once more than `budget` bytes came out."""
+        if self._obj is None:
+            self._obj = self._make(data)
+        obj = self._obj
+        pieces: list[bytes] = []
+        produced = 0
+        buf = data
+        while buf and not obj.eof:
+            piece = obj.decompress(buf, DECODE_STEP)
+            if piece:
+                pieces.append(piece)
+                produced += len(piece)
+                if produced > budget:
+                    break
+            buf = obj.unconsumed_tail
+        return pieces, produced
+
+    @property
+    def complete(self) -> bool:
+        return self._obj is not None and bool(self._obj.eof)
+
+
+class BodyReceiver:
+    """Reads response bodies for one `Fetcher`: its size limit, read timeout, stats, temp dir."""
+
+    __slots__ = ("limit", "pid", "read_timeout", "stats", "temp_dir")
+
+    def __init__(self, *, limit: int, read_timeout: float, stats: FetchStats, temp_dir: Path):
+        self.limit = limit
+        self.read_timeout = read_timeout  # only for the wording of the timeout message
+        self.stats = stats
+        self.temp_dir = temp_dir
+        self.pid = os.getpid()  # in the temp file names, so a restart can clean up
+
+    async def receive(
+        self, response: httpx.Response, attempts: int, url: httpx.URL
+    ) -> FetchOutcome | Failure:
+        """The body of a 2xx `response` as a successful outcome (the caller owns its temp
+        file), or the failure; no file is left behind on failure or cancellation."""
+        status = response.status_code
+        limit = self.limit
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        decoder: _Decoder | None = None
+        if encoding in ("", "identity"):
+            pass
+        elif encoding in ("gzip", "x-gzip"):
+            decoder = _Decoder("gzip")
+        elif encoding == "deflate":
+            decoder = _Decoder("deflate")
+        else:
+            return Failure(
+                "bad_encoding",
+                f"The server sent the file with an unsupported encoding ({encoding[:40]}).",
+                status=status,
+            )
+        length_header = response.headers.get("content-length")
+        length = int(length_header) if length_header and length_header.isdigit() else None
+        if length is not None and length > limit:
+            return Failure(
+                "too_large",
+                f"The server announced {format_mb(length)}, over the {format_mb(limit)} limit.",
+                status=status,
+            )
+
+        stats = self.stats
+        digest = hashlib.sha256()
+        crc = 0
+        size = 0  # decoded bytes
+        received = 0  # bytes on the wire
+        head = b""  # the first HEAD_BYTES decoded bytes, for the magic-number check
+        sniffed = False
+        # Bodies are spooled in memory up to SPOOL_BYTES and written with one system call;
+        # bigger ones go to the file SPOOL_BYTES at a time. The file is created only once
+        # there is something worth keeping.
+        pending: list[bytes] = []
+        pending_size = 0
+        path: Path | None = None
+        fd = -1
+        keep = False
+        try:
+            try:
+                async for chunk in response.aiter_raw():
+                    received += len(chunk)
+                    if decoder is None:
+                        pieces: list[bytes] | tuple[bytes] = (chunk,)
+                        produced = len(chunk)
+                    else:
+                        pieces, produced = decoder.feed(chunk, limit - size)
+                    size += produced
+                    stats.bytes += produced
+                    if size > limit:
+                        return Failure(
+                            "too_large",
+                            f"The image is larger than the {format_mb(limit)} limit.",
+                            status=status,
+                        )
+                    for piece in pieces:
+                        digest.update(piece)
+                        crc = zlib.crc32(piece, crc)
+                        pending.append(piece)
+                    pending_size += produced
+                    if not sniffed and pending_size:
+                        if len(head) < HEAD_BYTES:
+                            head = (
+                                b"".join(pending)[:HEAD_BYTES]
+                                if len(pending) > 1
+                                else pending[0][:HEAD_BYTES]
+                            )
+                        if len(head) >= HEAD_BYTES:
+                            check_magic(head)  # a web page is refused before it is all read
+                            sniffed = True
+                    if pending_size >= SPOOL_BYTES:
+                        if fd < 0:
+                            path, fd = create_temp_file(self.temp_dir, self.pid)
+                        write_all(fd, b"".join(pending))
+                        pending = []
+                        pending_size = 0
+            except SniffError as exc:
+                return Failure(exc.code, exc.message, status=status)
+            except TruncatedBody:
+                return _truncated(status)
+            except httpx.ReadTimeout:
+                return Failure(
+                    "timeout",
+                    f"The server stopped sending data for {format_seconds(self.read_timeout)}.",
+                    status=status,
+                    retryable=True,
+                    reachable=False,
+                )
+            except httpx.TransportError as exc:
+                return Failure(
+                    "truncated",
+                    "The connection broke while the file was arriving "
+                    f"({describe_exception(exc)}).",
+                    status=status,
+                    retryable=True,
+                    reachable=None,
+                )
+            except zlib.error:
+                return Failure(
+                    "bad_encoding",
+                    f"The {encoding} data from the server is corrupt.",
+                    status=status,
+                )
+            if length is not None and received < length:
+                return _truncated(status)
+            if decoder is not None and received and not decoder.complete:
+                return _truncated(status)
+            if size == 0:
+                return Failure("empty_body", "The server sent an empty file.", status=status)
+            whole = b"".join(pending) if fd < 0 else None  # the body, when it is all in memory
+            try:
+                if whole is not None:
+                    check_magic(whole[:HEAD_BYTES])
+                    path, fd = create_temp_file(self.temp_dir, self.pid)
+                    write_all(fd, whole)
+                elif pending:
+                    write_all(fd, b"".join(pending))
+                pending = []
+                os.close(fd)
+                fd = -1
+                assert path is not None
+                info = image_info(path, head or (whole or b"")[:HEAD_BYTES], whole)
+            except SniffError as exc:
+                return Failure(exc.code, exc.message, status=status)
+            keep = True
+            return FetchOutcome(
+                ok=True,
+                http_status=status,
+                attempts=attempts,
+                temp_path=path,
+                sha256=digest.hexdigest(),
+                crc32=crc,
+                size=size,
+                format=info.format,
+                width=info.width,
+                height=info.height,
+                final_url=str(url),
+            )
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            if path is not None and not keep:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+
+
+def _truncated(status: int) -> Failure:
+    return Failure(
+        "truncated",
+        "The server closed the connection before sending the whole file.",
+        status=status,
+        retryable=True,
+        reachable=None,
+    )
