@@ -224,13 +224,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.input is None:
             raise CliError("run needs an INPUT file (or - for standard input)")
         parsed = _parse_input(args, services.settings.max_rows_per_job)
-        job_id = jobs.find_unfinished_job(services.db, jobs.input_fingerprint(parsed))
+        fingerprint = jobs.input_fingerprint(parsed)
+        job_id = jobs.find_unfinished_job(services.db, fingerprint)
         if job_id:
             print(f"resuming unfinished job {job_id} for the same input", file=sys.stderr)
             jobs.resume_job(services.db, job_id)
         else:
             job_id = jobs.create_job(
-                services.db, parsed, name=args.name, source=_source_name(args), created_by="cli"
+                services.db,
+                parsed,
+                name=args.name,
+                source=_source_name(args),
+                created_by="cli",
+                fingerprint=fingerprint,
             ).id
         del parsed
         if os.name == "posix":

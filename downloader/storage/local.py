@@ -23,6 +23,9 @@ from downloader.storage.base import (
 TEMP_DIR_NAME = ".tmp"
 
 
+MADE_FOLDERS_KEPT = 4096
+
+
 class LocalStorage:
     """Objects are files `<root>/<key>`; `.part` files live in `<root>/.tmp` (same filesystem,
     so publishing is one atomic `os.replace`)."""
@@ -31,7 +34,10 @@ class LocalStorage:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).absolute()
-        self._made_folders: set[Path] = set()
+        # Folders made by this process: a product's images share one, and products are
+        # claimed in order, so a few thousand recent ones save nearly every mkdir. Strings,
+        # not Paths (a Path costs ~10x the memory: 50,000 of them were 25 MB).
+        self._made_folders: set[str] = set()
 
     def __repr__(self) -> str:
         return f"LocalStorage({str(self.root)!r})"
@@ -52,11 +58,11 @@ class LocalStorage:
     def put(self, temp_path: Path, key: str, content_type: str | None = None) -> None:
         target = self.path(key)
         folder = target.parent
-        if folder not in self._made_folders:  # a product's images share one folder
+        if (name := str(folder)) not in self._made_folders:
             folder.mkdir(parents=True, exist_ok=True)
-            if len(self._made_folders) > 100_000:
+            if len(self._made_folders) >= MADE_FOLDERS_KEPT:
                 self._made_folders.clear()
-            self._made_folders.add(folder)
+            self._made_folders.add(name)
         try:
             try:
                 os.replace(temp_path, target)
