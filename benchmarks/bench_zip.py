@@ -30,7 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from downloader.archive import ManifestRow, image_file_name, stream_zip, zip_size
+from downloader.archive import stream_zip, zip_size
+from downloader.manifest import ManifestRow, image_file_name
 from downloader.storage import LocalStorage, S3Storage, Storage, image_key
 
 WORK = Path(__file__).resolve().parent / "work"

@@ -1,4 +1,4 @@
-"""ZIP archives and CSV manifests, streamed.
+"""ZIP archives of a job's images and its manifest (downloader.manifest), streamed.
 
 Product ZIP (`folder_per_product=False`): the product's files + `manifest.csv`.
 Master ZIP (`folder_per_product=True`): `{product}/{file}` for every product + `manifest.csv`.
@@ -13,14 +13,12 @@ flat from 10 to 1,000,000 entries. ZIP64 records are written automatically when 
 from __future__ import annotations
 
 import collections
-import csv
 import dataclasses
-import io
 import logging
 import re
 import tempfile
 import time
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -29,7 +27,14 @@ from typing import IO, Any
 from zipstream import ZIP_STORED, ZipStream
 from zipstream.ng import ZipStreamInfo
 
-from downloader.csvsafe import excel_safe
+from downloader.manifest import (
+    CSV_CHUNK_SIZE,
+    MANIFEST_COLUMNS,
+    MANIFEST_NAME,
+    CsvEncoder,
+    ManifestRow,
+    image_file_name,
+)
 from downloader.storage import DEFAULT_CHUNK_SIZE, Storage, iter_stream
 
 log = logging.getLogger(__name__)
@@ -38,26 +43,8 @@ log = logging.getLogger(__name__)
 ZipChunk = bytes | memoryview
 _FLAG_DATA_DESCRIPTOR = 0x08  # sizes and CRC follow the data (as zipstream-ng writes them)
 
-MANIFEST_NAME = "manifest.csv"
-MANIFEST_COLUMNS = [
-    "product",
-    "position",
-    "source_url",
-    "status",
-    "file",
-    "sha256",
-    "bytes",
-    "format",
-    "width",
-    "height",
-    "http_status",
-    "attempts",
-    "error",
-    "duplicate_of",
-]
 MISSING_ERROR = "The downloaded file is missing from storage (storage_missing)"
 
-CSV_CHUNK_SIZE = 64 * 1024  # CSV text is handed out in pieces of about this size
 OUTPUT_CHUNK_SIZE = 64 * 1024  # small ZIP records are merged up to this size
 PREFETCH_MAX_BYTES = 4 * 1024 * 1024  # read-ahead only files up to this size
 WHOLE_ENTRY_MAX_BYTES = 4 * 1024 * 1024  # files with a known CRC up to this size: one piece
@@ -70,98 +57,6 @@ _ZIP_FILECOUNT_LIMIT = (1 << 16) - 1
 _ZIP64_ESTIMATE_FACTOR = 1.05
 
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
-
-
-@dataclass(slots=True)
-class ManifestRow:
-    """One image as listed in manifest.csv; `key` is where its bytes are stored."""
-
-    product: str
-    position: int
-    source_url: str
-    status: str
-    file: str | None = None
-    sha256: str | None = None
-    bytes: int | None = None
-    format: str | None = None
-    width: int | None = None
-    height: int | None = None
-    http_status: int | None = None
-    attempts: int = 0
-    error: str | None = None
-    duplicate_of: str | None = None
-    key: str | None = None  # storage key; not written to the CSV
-    crc32: int | None = None  # of the stored bytes, when known; not written to the CSV
-
-    def csv_values(self) -> list[object]:
-        return [
-            self.product,
-            self.position,
-            self.source_url,
-            self.status,
-            self.file,
-            self.sha256,
-            self.bytes,
-            self.format,
-            self.width,
-            self.height,
-            self.http_status,
-            self.attempts,
-            self.error,
-            self.duplicate_of,
-        ]
-
-    @property
-    def has_file(self) -> bool:
-        """True if this row contributes a file entry to a ZIP."""
-        return self.status == "done" and bool(self.key)
-
-
-def image_file_name(product: str, position: int, ext: str) -> str:
-    """The file name of an image inside its product: `{product}_{position}.{ext}`."""
-    return f"{product}_{position}.{ext}"
-
-
-# -- CSV ------------------------------------------------------------------------------------
-
-
-class _CsvEncoder:
-    """Excel-safe CSV rows to UTF-8 bytes, buffered."""
-
-    def __init__(self) -> None:
-        self._text = io.StringIO()
-        self._writer = csv.writer(self._text, lineterminator="\r\n")
-
-    def write(self, values: Iterable[object]) -> None:
-        self._writer.writerow([excel_safe(value) for value in values])
-
-    @property
-    def pending(self) -> int:
-        return self._text.tell()
-
-    def take(self) -> bytes:
-        data = self._text.getvalue().encode("utf-8")
-        self._text.seek(0)
-        self._text.truncate()
-        return data
-
-
-def csv_rows_chunks(header: list[str], rows: Iterable[Sequence[object]]) -> Iterator[bytes]:
-    """A UTF-8 CSV (CRLF, header first) with every cell made Excel-safe, in ~64 KB chunks."""
-    encoder = _CsvEncoder()
-    encoder.write(header)
-    for row in rows:
-        encoder.write(row)
-        if encoder.pending >= CSV_CHUNK_SIZE:
-            yield encoder.take()
-    tail = encoder.take()
-    if tail:
-        yield tail
-
-
-def manifest_csv_chunks(rows: Iterable[ManifestRow]) -> Iterator[bytes]:
-    """manifest.csv for `rows` (consumed once, lazily)."""
-    return csv_rows_chunks(MANIFEST_COLUMNS, (row.csv_values() for row in rows))
 
 
 # -- names ----------------------------------------------------------------------------------
@@ -379,7 +274,7 @@ def _zip_chunks(
         archive = ZipStream(compress_type=ZIP_STORED, sized=False)
         archive._filelist = _SpooledCentralDirectory(directory_spool)
 
-        manifest = _CsvEncoder()
+        manifest = CsvEncoder()
         manifest.write(MANIFEST_COLUMNS)
         sources = _sources(storage, rows, prefetch, chunk_size)
         stack.callback(sources.close)
@@ -473,7 +368,7 @@ def zip_size(storage: Storage, rows: Iterable[ManifestRow], *, folder_per_produc
     files do not change in between; if one does (a file went missing), the stream's length
     differs and an HTTP server enforcing Content-Length fails the download visibly.
     """
-    manifest = _CsvEncoder()
+    manifest = CsvEncoder()
     manifest.write(MANIFEST_COLUMNS)
     manifest_bytes = 0
     count = files_size = directory_size = 0

@@ -19,7 +19,7 @@ import anyio
 from anyio.abc import TaskGroup
 from sqlalchemy.exc import IntegrityError
 
-from downloader import queue, retention
+from downloader import queue, retention, worker_registry
 from downloader.db import Database
 from downloader.fetch import Fetcher, FetchOutcome
 from downloader.models import ImageStatus
@@ -70,7 +70,7 @@ class Engine:
         # share=None: follow the live engine count (workers, the app); `run` passes a fixed one
         self.auto_share = share is None
         self.share = 1.0 if share is None else share
-        self.worker_id = queue.make_worker_id(kind)
+        self.worker_id = worker_registry.make_worker_id(kind)
         self.stats = EngineStats()
         self._in_flight: dict[int, Claim] = {}
         self._results: list[Result] = []
@@ -102,8 +102,10 @@ class Engine:
     async def run(self, *, until_idle: bool = False) -> EngineStats:
         """Process work until stop() (or, with until_idle, until nothing is claimable)."""
         lease = self.settings.worker_lease_seconds
-        await anyio.to_thread.run_sync(queue.register_worker, self.db, self.worker_id, self.kind)
-        await anyio.to_thread.run_sync(queue.reap_dead_workers, self.db, lease * 2)
+        await anyio.to_thread.run_sync(
+            worker_registry.register_worker, self.db, self.worker_id, self.kind
+        )
+        await anyio.to_thread.run_sync(worker_registry.reap_dead_workers, self.db, lease * 2)
         temp_dir = Path(self.storage.temp_dir())
         temp_dir.mkdir(parents=True, exist_ok=True)
         # .part files of processes that died mid-download on this host
@@ -149,7 +151,7 @@ class Engine:
             for result in batch:
                 self._in_flight.pop(result.image_id, None)
         queue.release_claims(self.db, self.worker_id, list(self._in_flight))
-        queue.unregister_worker(self.db, self.worker_id)
+        worker_registry.unregister_worker(self.db, self.worker_id)
 
     async def _claim_loop(self, fetcher: Fetcher, downloads: TaskGroup, until_idle: bool) -> None:
         lease = self.settings.worker_lease_seconds
@@ -180,7 +182,9 @@ class Engine:
                 idle_sleep = min(idle_sleep * 2, 1.0)
             if time.monotonic() - last_reap > lease / 2:
                 last_reap = time.monotonic()
-                reaped = await anyio.to_thread.run_sync(queue.reap_dead_workers, self.db, lease * 2)
+                reaped = await anyio.to_thread.run_sync(
+                    worker_registry.reap_dead_workers, self.db, lease * 2
+                )
                 if reaped:
                     await anyio.to_thread.run_sync(self.storage.clean_temp)
             await anyio.sleep(idle_sleep if not self._in_flight else 0.02)
@@ -291,7 +295,7 @@ class Engine:
         while True:
             await anyio.sleep(max(0.5, lease / 3))
             await anyio.to_thread.run_sync(
-                lambda: queue.heartbeat(
+                lambda: worker_registry.heartbeat(
                     self.db, self.worker_id, lease, len(self._in_flight), self.stats.finished
                 )
             )
@@ -311,13 +315,13 @@ class Engine:
         when an older one leaves or dies. Returns the number of live engines.
         """
         live = await anyio.to_thread.run_sync(
-            queue.live_engines, self.db, self.settings.worker_lease_seconds * 2
+            worker_registry.live_engines, self.db, self.settings.worker_lease_seconds * 2
         )
         if self.worker_id not in live:
             # Reaped while stalled (a suspended VM, a long pause): stand by until visible again.
             with suppress(IntegrityError):
                 await anyio.to_thread.run_sync(
-                    queue.register_worker, self.db, self.worker_id, self.kind
+                    worker_registry.register_worker, self.db, self.worker_id, self.kind
                 )
             self._standby = True
             return len(live) + 1

@@ -10,15 +10,9 @@ from collections.abc import Iterator
 
 from sqlalchemy import select
 
-from downloader.archive import (
-    ManifestRow,
-    ZipChunk,
-    image_file_name,
-    manifest_csv_chunks,
-    stream_zip,
-    zip_size,
-)
+from downloader.archive import ZipChunk, stream_zip, zip_size
 from downloader.db import Database
+from downloader.manifest import ManifestRow, image_file_name, manifest_csv_chunks
 from downloader.models import IMAGE, PRODUCT, ImageStatus, JobPublic
 from downloader.storage import Storage
 

@@ -11,13 +11,8 @@ import zipfile
 from collections.abc import Iterable
 from typing import Any
 
-from downloader.archive import (
-    MANIFEST_COLUMNS,
-    MANIFEST_NAME,
-    ManifestRow,
-    image_file_name,
-    stream_zip,
-)
+from downloader.archive import stream_zip
+from downloader.manifest import MANIFEST_COLUMNS, MANIFEST_NAME, ManifestRow, image_file_name
 from downloader.storage import Storage, image_key
 
 MIB = 1024 * 1024

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from downloader.archive import MANIFEST_NAME, MISSING_ERROR, ManifestRow, stream_zip, zip_size
+from downloader.archive import MISSING_ERROR, stream_zip, zip_size
+from downloader.manifest import MANIFEST_NAME, ManifestRow
 from downloader.settings import load_settings
 from downloader.storage import LocalStorage, Storage, make_storage
 from tests.archive_support import (

@@ -8,14 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from downloader.archive import (
+from downloader.csvsafe import excel_safe
+from downloader.manifest import (
     MANIFEST_COLUMNS,
     ManifestRow,
     csv_rows_chunks,
     image_file_name,
     manifest_csv_chunks,
 )
-from downloader.csvsafe import excel_safe
 
 
 @pytest.mark.parametrize(

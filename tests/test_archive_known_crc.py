@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from downloader import archive as archive_module
-from downloader.archive import ManifestRow, stream_zip, zip_size
+from downloader.archive import stream_zip, zip_size
+from downloader.manifest import ManifestRow
 from downloader.storage import LocalStorage, Storage
 from tests.archive_support import build, check_entries_match_manifest, done_row, read_manifest
 

@@ -11,7 +11,8 @@ from typing import Any, cast
 
 import pytest
 
-from downloader.archive import ManifestRow, stream_zip, zip_size
+from downloader.archive import stream_zip, zip_size
+from downloader.manifest import ManifestRow
 from downloader.storage import LocalStorage, Storage, image_key
 from tests.archive_support import MIB, build, publish, read_manifest
 

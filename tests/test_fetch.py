@@ -11,14 +11,12 @@ import asyncio
 import hashlib
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import uvloop
 
-from downloader.fetch import Fetcher, FetchOutcome, remove_leftovers
+from downloader.fetch import Fetcher, FetchOutcome
 from downloader.fetch.fetcher import SPOOL_BYTES
 from tests.support.fetching import assert_failed, fetch_all, fetch_one, leftovers, make_settings
 from tests.support.imageserver import ImageServer, Reply, big_body, image_bytes
@@ -235,22 +233,3 @@ def test_fetch_needs_an_open_fetcher(tmp_path: Path) -> None:
     fetcher = Fetcher(make_settings(), tmp_path)
     with pytest.raises(RuntimeError):
         asyncio.run(fetcher.fetch("http://127.0.0.2/a.jpg"))
-
-
-def test_remove_leftovers_only_touches_dead_processes(tmp_path: Path) -> None:
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    dead_pid = int(dead.stdout)
-    mine = tmp_path / f"{os.getpid()}-{'a' * 32}.part"
-    theirs = tmp_path / f"{dead_pid}-{'b' * 32}.part"
-    other = tmp_path / "notes.txt"
-    for path in (mine, theirs, other):
-        path.write_bytes(b"x")
-    assert remove_leftovers(tmp_path) == 1
-    assert mine.exists() and other.exists() and not theirs.exists()
-    assert remove_leftovers(tmp_path, all_pids=True) == 1
-    assert not mine.exists() and other.exists()

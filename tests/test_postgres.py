@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlmodel import col
 
-from downloader import queue
+from downloader import queue, worker_registry
 from downloader.db import Database, normalize_url, open_database
 from downloader.models import Image, ImageStatus, Job, JobStatus, Product, Worker
 from downloader.queue import Result
@@ -211,10 +211,10 @@ def test_expired_lease_of_a_worker_on_another_machine_is_reclaimed(pg_db: Databa
     first = queue.claim(pg_db, "elsewhere:1:worker:x", 10, lease_seconds=1)
     assert len(first) == 3
     # its pid means nothing on this host: nothing is returned before the lease expires
-    queue.reap_dead_workers(pg_db, stale_after=3600)
+    worker_registry.reap_dead_workers(pg_db, stale_after=3600)
     assert status_counts(pg_db, job_id) == Counter({"downloading": 3})
     time.sleep(1.2)
-    queue.reap_dead_workers(pg_db, stale_after=3600)
+    worker_registry.reap_dead_workers(pg_db, stale_after=3600)
     again = queue.claim(pg_db, "live", 10, 30)
     assert sorted(c.image_id for c in again) == sorted(c.image_id for c in first)
     # the late results of the lost lease are fenced off
@@ -226,16 +226,16 @@ def test_expired_lease_of_a_worker_on_another_machine_is_reclaimed(pg_db: Databa
 
 def test_silent_worker_is_reaped_and_heartbeat_keeps_leases(pg_db: Database) -> None:
     job_id = add_job(pg_db, {"P1": 4})
-    queue.register_worker(pg_db, "alive", "worker")
+    worker_registry.register_worker(pg_db, "alive", "worker")
     with pg_db.write() as session:
         session.add(
             Worker(id="silent", hostname="another-machine", pid=1, heartbeat_at=time.time() - 600)
         )
     queue.claim(pg_db, "silent", 2, lease_seconds=3600)
     queue.claim(pg_db, "alive", 2, lease_seconds=1)
-    queue.heartbeat(pg_db, "alive", 600, in_flight=2, done_total=0)
+    worker_registry.heartbeat(pg_db, "alive", 600, in_flight=2, done_total=0)
     time.sleep(1.1)
-    queue.reap_dead_workers(pg_db, stale_after=60)
+    worker_registry.reap_dead_workers(pg_db, stale_after=60)
     assert status_counts(pg_db, job_id) == Counter({"queued": 2, "downloading": 2})
     with pg_db.read() as session:
         assert session.get(Worker, "silent") is None
@@ -245,7 +245,7 @@ def test_silent_worker_is_reaped_and_heartbeat_keeps_leases(pg_db: Database) -> 
             ).scalars()
         )
     assert owners == {"alive"}
-    assert queue.live_worker_count(pg_db, stale_after=60) == 1
+    assert worker_registry.live_worker_count(pg_db, stale_after=60) == 1
 
 
 # ---------------------------------------------------------------- results
@@ -295,7 +295,7 @@ def test_concurrent_workers_finishing_the_same_products_settle_them(pg_db: Datab
 def test_heartbeat_and_result_batches_of_one_worker_do_not_deadlock(pg_db: Database) -> None:
     """The engine renews leases and writes results from different threads at once."""
     job_id = add_job(pg_db, {f"P{i}": 10 for i in range(100)})
-    queue.register_worker(pg_db, "w", "worker")
+    worker_registry.register_worker(pg_db, "w", "worker")
     claims = queue.claim(pg_db, "w", 1000, 30)
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -303,7 +303,7 @@ def test_heartbeat_and_result_batches_of_one_worker_do_not_deadlock(pg_db: Datab
     def beat() -> None:
         try:
             while not stop.is_set():
-                queue.heartbeat(pg_db, "w", 30, in_flight=1, done_total=0)
+                worker_registry.heartbeat(pg_db, "w", 30, in_flight=1, done_total=0)
         except BaseException as exc:
             errors.append(exc)
 

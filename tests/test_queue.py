@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from downloader import queue
+from downloader import queue, worker_registry
 from downloader.db import Database, newest_revision, open_database
 from downloader.models import IMAGE, Image, ImageStatus, Job, JobStatus, Product, Worker
 from downloader.queue import Result
@@ -137,7 +137,7 @@ def test_results_from_a_lost_lease_are_not_written(db: Database) -> None:
     # w1's lease expires and w2 takes the image over
     with db.write() as session:
         session.execute(update(Image).values(lease_expires=time.time() - 1))
-    queue.reap_dead_workers(db, stale_after=60)
+    worker_registry.reap_dead_workers(db, stale_after=60)
     (again,) = queue.claim(db, "w2", 10, 30)
     assert again.image_id == item.image_id
     report = queue.record_results(db, "w1", [done(item.image_id)])
@@ -184,16 +184,16 @@ def test_leases_of_a_dead_local_process_are_returned_at_once(db: Database) -> No
         session.add(Worker(id=dead_id, hostname=socket.gethostname(), pid=proc.pid))
     queue.claim(db, dead_id, 10, 3600)  # a long lease that would otherwise strand the work
     assert statuses(db, job_id) == ["downloading", "downloading"]
-    queue.reap_dead_workers(db, stale_after=3600)
+    worker_registry.reap_dead_workers(db, stale_after=3600)
     assert statuses(db, job_id) == ["queued", "queued"]
 
 
 def test_heartbeat_renews_leases(db: Database) -> None:
     add_job(db, {"P1": 1})
-    queue.register_worker(db, "w1", "worker")
+    worker_registry.register_worker(db, "w1", "worker")
     queue.claim(db, "w1", 10, 1)
-    queue.heartbeat(db, "w1", 600, in_flight=1, done_total=0)
-    queue.reap_dead_workers(db, stale_after=600)
+    worker_registry.heartbeat(db, "w1", 600, in_flight=1, done_total=0)
+    worker_registry.reap_dead_workers(db, stale_after=600)
     with db.read() as session:
         image = session.execute(select(Image)).scalar_one()
         assert image.status == ImageStatus.DOWNLOADING and image.lease_expires > time.time() + 500

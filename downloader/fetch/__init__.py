@@ -7,7 +7,7 @@ body), sniff (type and dimensions from the bytes), tempfiles (the ``.part`` file
 clean-up) and outcomes (FetchOutcome, FetchStats, failures and their wording).
 """
 
-from downloader.fetch.fetcher import Fetcher, FetchOutcome, FetchStats, remove_leftovers
+from downloader.fetch.fetcher import Fetcher, FetchOutcome, FetchStats
 
 ERROR_CODES = (
     "http_<status>",
@@ -27,4 +27,4 @@ ERROR_CODES = (
     "cancelled",
 )
 
-__all__ = ["ERROR_CODES", "FetchOutcome", "FetchStats", "Fetcher", "remove_leftovers"]
+__all__ = ["ERROR_CODES", "FetchOutcome", "FetchStats", "Fetcher"]

@@ -42,7 +42,7 @@ from downloader.fetch.outcomes import (
     format_seconds,
 )
 from downloader.fetch.retry import RetryPolicy, is_retryable_status, parse_retry_after
-from downloader.fetch.tempfiles import TEMP_SUFFIX, remove_leftovers
+from downloader.fetch.tempfiles import TEMP_SUFFIX
 from downloader.guard import Guard
 
 if TYPE_CHECKING:
@@ -462,5 +462,4 @@ __all__ = [  # the names importable from here before the split
     "FetchOutcome",
     "FetchStats",
     "Fetcher",
-    "remove_leftovers",
 ]

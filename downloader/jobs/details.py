@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, case, func, or_, select
 
-from downloader.archive import csv_rows_chunks, image_file_name
 from downloader.db import Database
+from downloader.manifest import csv_rows_chunks, image_file_name
 from downloader.models import IMAGE, PENDING_IMAGE_STATUSES, PRODUCT, REJECTED_ROW, ImageStatus
 
 if TYPE_CHECKING:

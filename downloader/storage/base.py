@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import IO, BinaryIO, Protocol, runtime_checkable
 from urllib.parse import quote
 
+from downloader.processes import pid_alive
+
 DEFAULT_CHUNK_SIZE = 1 << 20
 
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
@@ -105,21 +107,6 @@ def image_key(job_id: str, product_id: int, position: int, ext: str) -> str:
     if not _EXT_RE.match(ext):
         raise ValueError(f"extension {ext!r} is not usable in a storage key")
     return f"jobs/{job_id}/{product_id}/{position}.{ext}"
-
-
-def pid_alive(pid: int) -> bool:
-    """True if a process with this id exists on this host."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    except OSError:
-        return False
-    return True
 
 
 def clean_temp_dir(directory: Path, live_pids: set[int] | None) -> int:

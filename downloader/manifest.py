@@ -1,0 +1,121 @@
+"""The manifest: one row per image of a job, and Excel-safe CSV streamed in chunks.
+
+ZIPs carry it as manifest.csv; the app also serves it (and the failed rows) on its own.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from downloader.csvsafe import excel_safe
+
+MANIFEST_NAME = "manifest.csv"
+MANIFEST_COLUMNS = [
+    "product",
+    "position",
+    "source_url",
+    "status",
+    "file",
+    "sha256",
+    "bytes",
+    "format",
+    "width",
+    "height",
+    "http_status",
+    "attempts",
+    "error",
+    "duplicate_of",
+]
+CSV_CHUNK_SIZE = 64 * 1024  # CSV text is handed out in pieces of about this size
+
+
+@dataclass(slots=True)
+class ManifestRow:
+    """One image as listed in manifest.csv; `key` is where its bytes are stored."""
+
+    product: str
+    position: int
+    source_url: str
+    status: str
+    file: str | None = None
+    sha256: str | None = None
+    bytes: int | None = None
+    format: str | None = None
+    width: int | None = None
+    height: int | None = None
+    http_status: int | None = None
+    attempts: int = 0
+    error: str | None = None
+    duplicate_of: str | None = None
+    key: str | None = None  # storage key; not written to the CSV
+    crc32: int | None = None  # of the stored bytes, when known; not written to the CSV
+
+    def csv_values(self) -> list[object]:
+        return [
+            self.product,
+            self.position,
+            self.source_url,
+            self.status,
+            self.file,
+            self.sha256,
+            self.bytes,
+            self.format,
+            self.width,
+            self.height,
+            self.http_status,
+            self.attempts,
+            self.error,
+            self.duplicate_of,
+        ]
+
+    @property
+    def has_file(self) -> bool:
+        """True if this row contributes a file entry to a ZIP."""
+        return self.status == "done" and bool(self.key)
+
+
+def image_file_name(product: str, position: int, ext: str) -> str:
+    """The file name of an image inside its product: `{product}_{position}.{ext}`."""
+    return f"{product}_{position}.{ext}"
+
+
+class CsvEncoder:
+    """Excel-safe CSV rows to UTF-8 bytes, buffered."""
+
+    def __init__(self) -> None:
+        self._text = io.StringIO()
+        self._writer = csv.writer(self._text, lineterminator="\r\n")
+
+    def write(self, values: Iterable[object]) -> None:
+        self._writer.writerow([excel_safe(value) for value in values])
+
+    @property
+    def pending(self) -> int:
+        return self._text.tell()
+
+    def take(self) -> bytes:
+        data = self._text.getvalue().encode("utf-8")
+        self._text.seek(0)
+        self._text.truncate()
+        return data
+
+
+def csv_rows_chunks(header: list[str], rows: Iterable[Sequence[object]]) -> Iterator[bytes]:
+    """A UTF-8 CSV (CRLF, header first) with every cell made Excel-safe, in ~64 KB chunks."""
+    encoder = CsvEncoder()
+    encoder.write(header)
+    for row in rows:
+        encoder.write(row)
+        if encoder.pending >= CSV_CHUNK_SIZE:
+            yield encoder.take()
+    tail = encoder.take()
+    if tail:
+        yield tail
+
+
+def manifest_csv_chunks(rows: Iterable[ManifestRow]) -> Iterator[bytes]:
+    """manifest.csv for `rows` (consumed once, lazily)."""
+    return csv_rows_chunks(MANIFEST_COLUMNS, (row.csv_values() for row in rows))
