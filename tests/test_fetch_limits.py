@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from downloader.fetch import Fetcher, FetchOutcome
-from tests.support import imageserver
 from tests.support.fetching import fetch_all, make_settings
 from tests.support.imageserver import (
     ImageServer,
@@ -20,9 +19,6 @@ from tests.support.imageserver import (
     RequestRecord,
     closed_port_url,
 )
-
-image_server = imageserver.image_server  # the fixture
-
 
 # The server stamps `end` after it has written the body, a few milliseconds after the client
 # may already have read it and sent its next request. Overlaps shorter than this are that

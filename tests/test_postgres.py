@@ -22,8 +22,6 @@ from downloader.models import Image, ImageStatus, Job, JobStatus, Product, Worke
 from downloader.queue import Result
 from tests.support import pg
 
-pg_db, pg_url = pg.pg_db, pg.pg_url  # fixtures
-
 pytestmark = pytest.mark.postgres
 
 

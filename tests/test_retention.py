@@ -22,16 +22,6 @@ from downloader.engine import Engine
 from downloader.models import Image, ImageStatus, Job, JobStatus, Product, RejectedRow
 from downloader.settings import load_settings
 from downloader.storage import LocalStorage, Storage, image_key, make_storage
-from tests.support import pg, s3server
-
-# fixtures
-pg_db, pg_url = pg.pg_db, pg.pg_url
-s3_server, s3_client, s3_bucket, s3_overrides = (
-    s3server.s3_server,
-    s3server.s3_client,
-    s3server.s3_bucket,
-    s3server.s3_overrides,
-)
 
 DAY = 86_400.0
 NOW = 2_000_000_000.0  # a fixed "now" for the tests

@@ -33,18 +33,7 @@ from downloader.inputs import parse_text
 from downloader.models import Image, ImageStatus, Worker
 from downloader.settings import load_settings
 from downloader.storage import make_storage
-from tests.support import imageserver, pg, s3server
 from tests.support.imageserver import ImageServer, Reply, Req, image_bytes
-
-# fixtures
-image_server = imageserver.image_server
-pg_db, pg_url = pg.pg_db, pg.pg_url
-s3_server, s3_client, s3_bucket, s3_overrides = (
-    s3server.s3_server,
-    s3server.s3_client,
-    s3server.s3_bucket,
-    s3server.s3_overrides,
-)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
