@@ -24,6 +24,7 @@ import streamlit as st
 from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
 
 HERE = Path(__file__).resolve().parent
+SIZED_ZIP_MAX_IMAGES = 100_000  # bigger finished jobs' ZIPs are sent without Content-Length
 
 
 @lru_cache(maxsize=1)
@@ -128,9 +129,11 @@ def _export_endpoint(kind: str) -> Any:
         if kind == "zip":
             body = jobs.job_zip(services.db, services.storage, job.id)
             name, media = jobs.zip_file_name(job), "application/zip"
-            if job.status == JobStatus.COMPLETED:
+            if job.status == JobStatus.COMPLETED and job.images <= SIZED_ZIP_MAX_IMAGES:
                 # A finished job's rows no longer change, so its length is known up front:
                 # the browser shows progress, and the body goes out without chunk framing.
+                # Sizing reads every row once first (~15 ms per 1,000 images), so huge jobs
+                # start at once instead, chunked.
                 size = await run_in_threadpool(
                     exports.job_zip_size, services.db, services.storage, job.id
                 )

@@ -87,6 +87,18 @@ def test_a_running_jobs_zip_is_streamed_without_a_length(
     assert zipfile.ZipFile(io.BytesIO(body)).namelist() == ["manifest.csv"]
 
 
+def test_a_huge_finished_jobs_zip_starts_at_once_without_a_length(
+    client: TestClient, finished_job: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sizing reads every row first; past the limit the download starts at once instead."""
+    monkeypatch.setattr(app_module, "SIZED_ZIP_MAX_IMAGES", 3)  # the job has 4 images
+    with client.stream("GET", f"/download/job/{finished_job}.zip") as response:
+        assert response.status_code == 200
+        assert "content-length" not in response.headers
+        body = b"".join(response.iter_bytes())
+    assert len(zipfile.ZipFile(io.BytesIO(body)).namelist()) == 4  # 3 images + manifest
+
+
 def test_manifest_and_failed_csv_exports(client: TestClient, finished_job: str) -> None:
     manifest = client.get(f"/download/job/{finished_job}/manifest.csv")
     assert manifest.status_code == 200
