@@ -38,6 +38,27 @@ COLUMNS = [
 ]
 
 
+# Every round writes into a new folder and the folders are removed only when the section ends.
+# Deleting a round's files right before the next round made that round pay for it: on an ext4
+# file system without a journal (this VM's), creating a file skips over every inode freed in
+# the last 1-6 minutes, one inode-table lookup each (`recently_deleted` in the kernel), and a
+# `perf` profile showed 15-25% of all CPU there. Which tool came after a deletion then decided
+# the ranking more than the tools did.
+KEPT_NOTE = (
+    "every round wrote into a new folder, all removed after the last round (deleting 10,000"
+    " files slows creating the next ones for minutes on a journal-less ext4)"
+)
+DELETED_NOTE = (
+    "too little free disk to keep every round's output: each round's was deleted after it,"
+    " which slows the next round's file creation on a journal-less ext4 (compare with care)"
+)
+
+
+def _room_to_keep_every_round(work: UrlList, runs: int) -> bool:
+    needed = runs * work.total_bytes * 1.2 + 2 * 1024**3
+    return shutil.disk_usage(WORK_DIR).free > needed
+
+
 def round_dirs(section: str, tool: str, round_no: int) -> RoundDirs:
     base = WORK_DIR / "runs" / section
     scratch = base / "scratch" / f"{tool}-r{round_no}"
@@ -60,7 +81,8 @@ def run_round(
     server_pid: int | None = None,
     keep: bool = False,
 ) -> RunRecord:
-    """One timed run of one tool into fresh folders, checked, then cleaned up (unless keep)."""
+    """One timed run of one tool into fresh folders, checked, then cleaned up (unless keep:
+    the caller removes them later)."""
     dirs = round_dirs(section, runner.name, round_no)
     fresh_dir(dirs.scratch)
     fresh_dir(dirs.files)
@@ -134,25 +156,39 @@ def compare(
             available.append(runner)
     if not available:
         return section.skip("no tool available")
+    scratch = WORK_DIR / "runs" / name / "scratch"
+    shutil.rmtree(scratch, ignore_errors=True)  # an interrupted run's leftovers
+    keep = _room_to_keep_every_round(work, rounds * len(available))
+    if keep:
+        section.notes.append(KEPT_NOTE)
+    else:
+        section.notes.append(DELETED_NOTE)
     log(
         name,
         f"{work.images:,} images, {work.products:,} products, {work.total_bytes / MB:,.0f} MB; "
         f"{rounds} round(s) of {', '.join(r.name for r in available)}",
     )
-    for round_no in range(1, rounds + 1):
-        shift = (round_no - 1) % len(available)
-        for runner in available[shift:] + available[:shift]:  # alternate who goes first
-            section.runs.append(
-                run_round(
-                    runner,
-                    work,
-                    round_no,
-                    section=name,
-                    concurrency=concurrency,
-                    timeout=timeout,
-                    server_pid=server_pid,
+    try:
+        for round_no in range(1, rounds + 1):
+            shift = (round_no - 1) % len(available)
+            for runner in available[shift:] + available[:shift]:  # alternate who goes first
+                section.runs.append(
+                    run_round(
+                        runner,
+                        work,
+                        round_no,
+                        section=name,
+                        concurrency=concurrency,
+                        timeout=timeout,
+                        server_pid=server_pid,
+                        keep=keep,
+                    )
                 )
-            )
+    finally:
+        if keep:
+            log(name, "removing the rounds' output")
+            shutil.rmtree(scratch, ignore_errors=True)
+            os.sync()
     _summarize(section, work, [runner.name for runner in available])
     return section
 

@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -25,6 +24,7 @@ from downloader.settings import load_settings
 if TYPE_CHECKING:
     from downloader.engine import Engine
     from downloader.inputs import ParsedInput
+    from downloader.run_helpers import Helper
     from downloader.services import Services
 
 # Heavy modules (pandas, the parser, the jobs service) are imported inside the commands
@@ -86,6 +86,7 @@ def _build_parser() -> argparse.ArgumentParser:
     # Internal: the download phase of `run`, after it re-executed itself (see cmd_run).
     p.add_argument("--job", help=argparse.SUPPRESS)
     p.add_argument("--started", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--helpers", help=argparse.SUPPRESS)  # pids of helpers started before exec
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("submit", help="queue a job for workers and return")
@@ -249,11 +250,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _exec_download_phase(
     args: argparse.Namespace, services: Services, job_id: str, started: float
 ) -> None:
+    from downloader import jobs
+    from downloader.run_helpers import spawn_helpers
+
+    settings = services.settings
     argv = [sys.executable, "-m", "downloader", "run", "--job", job_id, "--started", repr(started)]
-    argv += ["--database-url", services.settings.database_url]
-    argv += ["--media-root", services.settings.media_root]
-    if args.processes:
-        argv += ["--processes", str(args.processes)]
+    argv += ["--database-url", settings.database_url]
+    argv += ["--media-root", settings.media_root]
+    processes = _process_count(args, services, jobs.job_counts(services.db, job_id).pending)
+    argv += ["--processes", str(processes)]
+    if processes > 1:  # started now, so their start-up overlaps the exec's (run_helpers)
+        helpers = spawn_helpers(
+            processes - 1,
+            job_id,
+            1.0 / processes,
+            database_url=settings.database_url,
+            media_root=settings.media_root,
+        )
+        argv += ["--helpers", ",".join(str(helper.pid) for helper in helpers)]
     if args.quiet:
         argv.append("--quiet")
     sys.stdout.flush()
@@ -267,11 +281,23 @@ def _download_phase(
 ) -> int:
     from downloader import jobs
     from downloader.engine import Engine
+    from downloader.run_helpers import adopt_helpers, spawn_helpers
     from downloader.services import run_engine_until_stopped
 
-    processes = _process_count(args, services, jobs.job_counts(services.db, job_id).pending)
+    if args.helpers is not None:  # started before the exec, with their share
+        processes = args.processes
+        helpers = adopt_helpers(args.helpers)
+    else:
+        pending = jobs.job_counts(services.db, job_id).pending
+        processes = _process_count(args, services, pending)
+        helpers = spawn_helpers(
+            processes - 1,
+            job_id,
+            1.0 / processes,
+            database_url=services.settings.database_url,
+            media_root=services.settings.media_root,
+        )
     share = 1.0 / processes
-    helpers = [_spawn_helper(args, services, job_id, share) for _ in range(processes - 1)]
     engine = Engine(
         services.db, services.storage, services.settings, kind="run", job_id=job_id, share=share
     )
@@ -297,43 +323,7 @@ def _process_count(args: argparse.Namespace, services: Services, pending: int) -
     return max(1, min(wanted, useful))
 
 
-def _spawn_helper(
-    args: argparse.Namespace, services: Services, job_id: str, share: float
-) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env["DATABASE_URL"] = services.settings.database_url
-    env["MEDIA_ROOT"] = services.settings.media_root
-    command = [
-        sys.executable,
-        "-m",
-        "downloader",
-        "worker",
-        "--job",
-        job_id,
-        "--until-idle",
-        "--share",
-        str(share),
-    ]
-    return subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent
-    )
-
-
-def _die_with_parent() -> None:
-    """Linux: a helper gets SIGKILL when `run` dies, so a killed run leaves no orphans."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    except OSError:
-        pass
-
-
-def _install_stop_handlers(
-    engine: Engine, helpers: list[subprocess.Popen[bytes]]
-) -> threading.Event:
+def _install_stop_handlers(engine: Engine, helpers: list[Helper]) -> threading.Event:
     stop_requested = threading.Event()
 
     def handle(signum: int, _frame: object) -> None:

@@ -12,12 +12,33 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Result, create_engine, event, text
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    MetaData,
+    PrimaryKeyConstraint,
+    Result,
+    String,
+    Table,
+    create_engine,
+    event,
+    text,
+)
 from sqlalchemy.engine import URL, make_url
-from sqlmodel import Session
+from sqlmodel import Session, SQLModel
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _PG_MIGRATION_LOCK = 726_473_001  # arbitrary advisory-lock key for concurrent starts
+
+# The table Alembic keeps its revision in, declared exactly as Alembic creates it, so that a
+# schema built without Alembic (see Database._create_schema_if_empty) is stamped the same way.
+_ALEMBIC_VERSION = Table(
+    "alembic_version",
+    MetaData(),
+    Column("version_num", String(32), nullable=False),
+    PrimaryKeyConstraint("version_num", name="alembic_version_pkc"),
+)
 
 
 def normalize_url(url: str) -> URL:
@@ -70,8 +91,31 @@ class Database:
     def migrate(self, revision: str = "head") -> None:
         """Bring the schema to the newest migration (or `revision`); safe when several
         processes start."""
-        if revision == "head" and self.schema_is_current():
-            return  # the common start: skip importing Alembic (a second of CPU)
+        if revision == "head":
+            if self.schema_is_current():
+                return  # the common start: skip importing Alembic (a second of CPU)
+            # A brand-new SQLite file: build it from the models, also without Alembic. If
+            # another process got there first, its schema is complete (one transaction).
+            if self.is_sqlite and (self._create_schema_if_empty() or self.schema_is_current()):
+                return
+        self._upgrade_with_alembic(revision)
+
+    def _create_schema_if_empty(self) -> bool:
+        """Create the head schema from the SQLModel tables and stamp it for Alembic, if the
+        SQLite database has no tables at all. Importing Alembic alone costs ~0.5 s of CPU,
+        paid by every start on a fresh file; the tests check that the models and the
+        migrations build the same schema. True when this call created it."""
+        import downloader.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+
+        with self.write_engine.begin() as conn:  # BEGIN IMMEDIATE: one creator at a time
+            if not _sqlite_is_empty(conn):
+                return False
+            SQLModel.metadata.create_all(conn, checkfirst=False)
+            _ALEMBIC_VERSION.create(conn)
+            conn.execute(_ALEMBIC_VERSION.insert().values(version_num=newest_revision()))
+        return True
+
+    def _upgrade_with_alembic(self, revision: str) -> None:
         from alembic import command
         from alembic.config import Config
 
@@ -121,6 +165,14 @@ def _install_sqlite_pragmas(engine: Engine) -> None:
     def _on_begin(conn: Any) -> None:
         immediate = conn.get_execution_options().get("bid_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _sqlite_is_empty(conn: Connection) -> bool:
+    """No table, index, view or trigger besides SQLite's internal sqlite_* ones."""
+    found = conn.exec_driver_sql(
+        "SELECT 1 FROM sqlite_master WHERE substr(name, 1, 7) <> 'sqlite_' LIMIT 1"
+    ).first()
+    return found is None
 
 
 def newest_revision() -> str:

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 0.25  # seconds between result batches
 FLUSH_SIZE = 500  # results that trigger an early batch
+UNTIL_IDLE_POLL = 0.1  # seconds between looks at a job's last images held by other engines
 CONTENT_TYPES = {
     "jpg": "image/jpeg",
     "png": "image/png",
@@ -179,7 +180,9 @@ class Engine:
                     and not await anyio.to_thread.run_sync(self._job_has_pending)
                 ):
                     return
-                idle_sleep = min(idle_sleep * 2, 1.0)
+                # Nothing to claim. Back off, but an engine that ends when the job does keeps
+                # looking often: other processes are finishing the job's last images.
+                idle_sleep = min(idle_sleep * 2, UNTIL_IDLE_POLL if until_idle else 1.0)
             if time.monotonic() - last_reap > lease / 2:
                 last_reap = time.monotonic()
                 reaped = await anyio.to_thread.run_sync(
@@ -224,12 +227,15 @@ class Engine:
                 error=f"Internal error: {type(exc).__name__}.",
             )
         self._results.append(result)
-        if len(self._results) >= FLUSH_SIZE:
+        # A full batch, or the last download running: nothing more will come soon, and the
+        # job's end (or a paused engine's count) should not wait for the next interval.
+        if len(self._results) >= FLUSH_SIZE or self._active == 1:
             self._flush_wanted.set()
 
     async def _store(self, item: Claim, outcome: FetchOutcome) -> Result:
         attempts = item.attempts + outcome.attempts
-        if not outcome.ok or outcome.temp_path is None or outcome.format is None:
+        stored = outcome.body is not None or outcome.temp_path is not None
+        if not outcome.ok or not stored or outcome.format is None:
             return Result(
                 image_id=item.image_id,
                 status=ImageStatus.FAILED,
@@ -239,16 +245,23 @@ class Engine:
                 http_status=outcome.http_status,
             )
         key = image_key(item.job_id, item.product_id, item.position, outcome.format)
+        content_type = CONTENT_TYPES.get(outcome.format)
+        body, temp_path = outcome.body, outcome.temp_path
         try:
-            if self.storage.name == "local":
-                self.storage.put(outcome.temp_path, key)  # an os.replace: no thread hop
+            if self.storage.name == "local":  # a write and a rename: no thread hop
+                if body is not None:
+                    self.storage.put_bytes(body, key)
+                else:
+                    assert temp_path is not None
+                    self.storage.put(temp_path, key)
+            elif body is not None:
+                await anyio.to_thread.run_sync(self.storage.put_bytes, body, key, content_type)
             else:
-                content_type = CONTENT_TYPES.get(outcome.format)
-                await anyio.to_thread.run_sync(
-                    self.storage.put, outcome.temp_path, key, content_type
-                )
+                assert temp_path is not None
+                await anyio.to_thread.run_sync(self.storage.put, temp_path, key, content_type)
         except BaseException:
-            outcome.temp_path.unlink(missing_ok=True)  # a failed upload leaves no local copy
+            if temp_path is not None:  # a failed upload leaves no local copy
+                temp_path.unlink(missing_ok=True)
             raise
         return Result(
             image_id=item.image_id,

@@ -1,8 +1,10 @@
 """SQLModel tables: Job 1—n Product 1—n Image, plus rejected input rows and live workers.
 
 Times are float epoch seconds: portable across SQLite and PostgreSQL and cheap to compare
-in lease queries. The schema itself is created by the Alembic migrations in
-downloader/migrations, which must be kept in step with these classes.
+in lease queries. The schema is built by the Alembic migrations in downloader/migrations,
+except that a brand-new SQLite file gets it straight from these classes and is stamped at
+the head revision (db.py: skips importing Alembic). tests/test_db_fresh_schema.py keeps the
+two in step.
 """
 
 from __future__ import annotations

@@ -48,9 +48,9 @@ def test_each_format_is_sniffed_with_dimensions(
     assert outcome.http_status == 200 and outcome.attempts == 1
     assert outcome.error_code is None and outcome.error is None
     assert outcome.final_url == url
-    assert outcome.temp_path is not None and outcome.temp_path.read_bytes() == served
-    assert outcome.temp_path.parent == tmp_path
-    assert re.fullmatch(rf"{os.getpid()}-[0-9a-f]{{32}}\.part", outcome.temp_path.name)
+    # a body that fits the in-memory spool comes back as bytes, with no temp file
+    assert outcome.body == served and outcome.temp_path is None
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_type_comes_from_the_bytes_not_the_header_or_extension(
@@ -70,7 +70,7 @@ def test_identical_bytes_give_identical_sha256(image_server: ImageServer, tmp_pa
     )
     assert a.ok and b.ok and c.ok
     assert a.sha256 == b.sha256 != c.sha256
-    assert a.temp_path != b.temp_path
+    assert a.body == b.body != c.body
 
 
 def test_request_headers(image_server: ImageServer, tmp_path: Path) -> None:
@@ -133,6 +133,9 @@ def test_big_bodies_are_written_in_pieces(image_server: ImageServer, tmp_path: P
     outcome = fetch_one(make_settings(), tmp_path, image_server.url("large"))
     assert outcome.ok and (outcome.width, outcome.height) == (700, 500)
     assert outcome.temp_path is not None and outcome.temp_path.read_bytes() == data
+    assert outcome.body is None  # over the spool: written to the temp file in pieces
+    assert outcome.temp_path.parent == tmp_path
+    assert re.fullmatch(rf"{os.getpid()}-[0-9a-f]{{32}}\.part", outcome.temp_path.name)
     assert outcome.sha256 == hashlib.sha256(data).hexdigest()
 
 
@@ -142,7 +145,8 @@ def test_many_images_concurrently(image_server: ImageServer, tmp_path: Path) -> 
     outcomes = fetch_all(settings, tmp_path, urls)
     assert all(o.ok for o in outcomes)
     assert len({o.sha256 for o in outcomes}) == 60
-    assert len(leftovers(tmp_path)) == 60
+    assert len({o.body for o in outcomes}) == 60  # small bodies: bytes, no temp files
+    assert leftovers(tmp_path) == []
 
 
 # -- redirects ----------------------------------------------------------------------------------

@@ -79,17 +79,6 @@ def test_schema_is_created_by_migrations_and_is_idempotent(tmp_path: Path) -> No
     assert version == newest_revision() == "0002"
 
 
-def test_the_migrations_build_exactly_the_models_tables(tmp_path: Path) -> None:
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-    from sqlmodel import SQLModel
-
-    db = open_database(f"sqlite:///{tmp_path / 'm.db'}")
-    with db.engine.connect() as conn:
-        drift = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
-    assert drift == []
-
-
 def test_a_database_from_before_crc32_upgrades_and_keeps_its_rows(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     old = Database(url)

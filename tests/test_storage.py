@@ -90,6 +90,16 @@ def test_put_then_read_every_way(storage: Storage) -> None:
     assert len(chunks) >= 4
 
 
+def test_put_bytes_then_read_and_replace(storage: Storage) -> None:
+    data = os.urandom(200_000)
+    key = image_key("job1", 8, 1, "webp")
+    storage.put_bytes(data, key, "image/webp")
+    assert storage.read_bytes(key) == data and storage.size(key) == len(data)
+    storage.put_bytes(b"second", key, "image/webp")
+    assert storage.read_bytes(key) == b"second"
+    assert [p for p in storage.temp_dir().iterdir() if p.name.startswith(f"{os.getpid()}-")] == []
+
+
 def test_put_is_idempotent_and_replaces(storage: Storage) -> None:
     key = image_key("job1", 1, 2, "png")
     publish(storage, key, b"first version")
@@ -257,6 +267,18 @@ def test_local_put_is_atomic_for_a_concurrent_reader(tmp_path: Path) -> None:
     assert not bad, bad[:3]
     assert any(item in digests for item in seen)
     assert not list(storage.temp_dir().iterdir())
+
+
+def test_local_put_bytes_that_fails_leaves_no_part_file(tmp_path: Path) -> None:
+    local = LocalStorage(tmp_path / "media")
+    key = image_key("job1", 1, 1, "jpg")
+    blocker = local.path(key).parent
+    blocker.parent.mkdir(parents=True)
+    blocker.write_bytes(b"a file where the product's folder should be")
+    with pytest.raises(OSError):
+        local.put_bytes(b"image bytes", key)
+    assert list(local.temp_dir().iterdir()) == []
+    assert not local.exists(key)
 
 
 def test_local_put_from_another_directory(tmp_path: Path) -> None:

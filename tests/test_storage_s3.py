@@ -67,6 +67,19 @@ def test_small_put_is_a_single_object_with_content_type(
     assert storage.read_bytes(key) == b"\x89PNG small"
 
 
+def test_put_bytes_uploads_one_object_with_content_type_and_no_local_file(
+    s3_overrides: dict[str, Any], s3_client: Any
+) -> None:
+    storage = s3_storage(s3_overrides)
+    key = image_key("job1", 1, 2, "webp")
+    before = set(storage.temp_dir().iterdir())
+    storage.put_bytes(b"RIFF....WEBP bytes", key, "image/webp")
+    head = s3_client.head_object(Bucket=storage.bucket, Key=key)
+    assert head["ContentType"] == "image/webp"
+    assert storage.read_bytes(key) == b"RIFF....WEBP bytes"
+    assert set(storage.temp_dir().iterdir()) == before
+
+
 def test_large_put_uses_multipart(s3_overrides: dict[str, Any], s3_client: Any) -> None:
     storage = s3_storage(s3_overrides, multipart_threshold=5 * MIB)
     data = os.urandom(12 * MIB + 123)

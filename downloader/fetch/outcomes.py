@@ -13,8 +13,10 @@ from pathlib import Path
 
 @dataclass(slots=True)
 class FetchOutcome:
-    """The result of one `Fetcher.fetch`. On success the caller owns `temp_path` (move it);
-    on failure there is no file (the fetcher already deleted it)."""
+    """The result of one `Fetcher.fetch`. On success the bytes are either in `body` (a body
+    that arrived whole in memory: up to 256 KiB, most images) or in the temp file `temp_path`,
+    which the caller then owns (move it); on failure there is neither (the fetcher already
+    deleted the file)."""
 
     ok: bool
     error_code: str | None = None
@@ -22,6 +24,7 @@ class FetchOutcome:
     http_status: int | None = None
     attempts: int = 0
     temp_path: Path | None = None
+    body: bytes | None = None
     sha256: str | None = None
     crc32: int | None = None  # of the stored bytes: ZIPs then skip computing it
     size: int | None = None

@@ -1,7 +1,9 @@
-"""Image type from the bytes (magic numbers) and dimensions from the header (Pillow, lazy open).
+"""Image type from the bytes (magic numbers) and dimensions from the header.
 
-Never trusts Content-Type or the URL's extension, and never decodes pixels: `Image.open` only
-parses the header, which is enough for width and height.
+Never trusts Content-Type or the URL's extension, and never decodes pixels. Dimensions come from
+`imagesize`, which reads only the header fields (5-13 us an image; Pillow's lazy open took
+26-30 us for JPEG/PNG and ~210 us for WebP, whose plugin parses the whole file). A header
+imagesize cannot read goes to Pillow, which decides (and refuses what it cannot parse).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import imagesize
 from PIL import Image, features
 
 if not features.check("avif"):  # Pillow built without libavif: use the plugin package
@@ -102,14 +105,39 @@ def check_magic(head: bytes) -> str:
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
-def image_info(path: Path, head: bytes, data: bytes | None = None) -> ImageInfo:
+def image_info(path: Path | None, head: bytes, data: bytes | None = None) -> ImageInfo:
     """Format (from `head`, the file's first bytes) and dimensions (from the header of the
     file at `path`, or of `data` when the whole body is at hand in memory).
 
     Raises SniffError(not_an_image | decompression_bomb).
     """
     fmt = check_magic(head)
-    source: Path | io.BytesIO = io.BytesIO(data) if data is not None else path
+    width, height = imagesize.get(_source(path, data), exif_rotation=False)  # stored size
+    if width <= 0 or height <= 0:
+        width, height = _pillow_size(fmt, _source(path, data))
+    if width <= 0 or height <= 0:
+        raise SniffError("not_an_image", f"The {fmt.upper()} image declares no pixels.")
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise SniffError(
+            "decompression_bomb",
+            f"The image declares {width}x{height} pixels, more than the "
+            f"{limit:,} allowed (a decompression bomb).",
+        )
+    return ImageInfo(fmt, width, height)
+
+
+def _source(path: Path | None, data: bytes | None) -> Path | io.BytesIO:
+    # A BytesIO or a Path, never a str: imagesize would fetch an http(s):// string.
+    if data is not None:
+        return io.BytesIO(data)
+    if path is None:
+        raise ValueError("image_info needs the bytes or the file")
+    return path
+
+
+def _pillow_size(fmt: str, source: Path | io.BytesIO) -> tuple[int, int]:
+    """Dimensions by Pillow's lazy open (header only); SniffError when it cannot parse them."""
     limit = Image.MAX_IMAGE_PIXELS
     try:
         with Image.open(source, formats=[PIL_FORMATS[fmt]]) as im:
@@ -124,12 +152,4 @@ def image_info(path: Path, head: bytes, data: bytes | None = None) -> ImageInfo:
             "not_an_image",
             f"The file starts like a {fmt.upper()} image but its header is unreadable.",
         ) from exc
-    if width <= 0 or height <= 0:
-        raise SniffError("not_an_image", f"The {fmt.upper()} image declares no pixels.")
-    if limit is not None and width * height > limit:
-        raise SniffError(
-            "decompression_bomb",
-            f"The image declares {width}x{height} pixels, more than the "
-            f"{limit:,} allowed (a decompression bomb).",
-        )
-    return ImageInfo(fmt, width, height)
+    return int(width), int(height)

@@ -10,6 +10,10 @@ import os
 from pathlib import Path
 from uuid import uuid4
 
+from downloader.storage.base import write_all
+
+__all__ = ["TEMP_SUFFIX", "create_temp_file", "write_all"]
+
 TEMP_SUFFIX = ".part"
 _O_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
@@ -18,12 +22,3 @@ def create_temp_file(temp_dir: Path, pid: int) -> tuple[Path, int]:
     """A new, exclusively created ``<pid>-<uuid>.part`` file in temp_dir and its descriptor."""
     path = temp_dir / f"{pid}-{uuid4().hex}{TEMP_SUFFIX}"
     return path, os.open(path, _O_FLAGS, 0o600)
-
-
-def write_all(fd: int, data: bytes) -> None:
-    # os.write may write less than asked (signals, full pipes); the slice copy is only paid then.
-    written = os.write(fd, data)
-    if written < len(data):
-        view = memoryview(data)
-        while written < len(data):
-            written += os.write(fd, view[written:])

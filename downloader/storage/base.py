@@ -44,6 +44,12 @@ class Storage(Protocol):
         """Publish `temp_path` under `key` atomically (replacing any previous object)."""
         ...
 
+    def put_bytes(self, data: bytes, key: str, content_type: str | None = None) -> None:
+        """Store `data` under `key` (replacing any previous object). Not atomic on local disk:
+        callers record the key as done only after this returns, and nothing reads the file
+        of an image that is not done."""
+        ...
+
     def open(self, key: str) -> BinaryIO: ...
 
     def iter_bytes(self, key: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]: ...
@@ -159,3 +165,13 @@ def content_disposition(filename: str) -> str:
     if ascii_name == name:
         return f'attachment; filename="{ascii_name}"'
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until all of `data` is written (it may write less: signals, full pipes);
+    the slice copy is only paid then."""
+    written = os.write(fd, data)
+    if written < len(data):
+        view = memoryview(data)
+        while written < len(data):
+            written += os.write(fd, view[written:])

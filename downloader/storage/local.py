@@ -18,6 +18,7 @@ from downloader.storage.base import (
     check_prefix,
     clean_temp_dir,
     iter_stream,
+    write_all,
 )
 
 TEMP_DIR_NAME = ".tmp"
@@ -38,6 +39,7 @@ class LocalStorage:
         # claimed in order, so a few thousand recent ones save nearly every mkdir. Strings,
         # not Paths (a Path costs ~10x the memory: 50,000 of them were 25 MB).
         self._made_folders: set[str] = set()
+        self._temp_path = str(self.root / TEMP_DIR_NAME)
 
     def __repr__(self) -> str:
         return f"LocalStorage({str(self.root)!r})"
@@ -55,14 +57,36 @@ class LocalStorage:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def put(self, temp_path: Path, key: str, content_type: str | None = None) -> None:
-        target = self.path(key)
-        folder = target.parent
+    def _make_folder(self, folder: Path) -> None:
         if (name := str(folder)) not in self._made_folders:
             folder.mkdir(parents=True, exist_ok=True)
             if len(self._made_folders) >= MADE_FOLDERS_KEPT:
                 self._made_folders.clear()
             self._made_folders.add(name)
+
+    def put_bytes(self, data: bytes, key: str, content_type: str | None = None) -> None:
+        """Publish `data` under `key` atomically: written to a `.part` file in the temp folder,
+        then renamed into place, so a file at a final key is never half-written (a crash
+        mid-write leaves only a `.part` file, which `clean_temp` removes)."""
+        prefix = f"{os.getpid()}-"
+        try:
+            fd, staging = tempfile.mkstemp(suffix=".part", prefix=prefix, dir=self._temp_path)
+        except FileNotFoundError:  # the temp folder is made on first use
+            fd, staging = tempfile.mkstemp(suffix=".part", prefix=prefix, dir=self.temp_dir())
+        try:
+            try:
+                write_all(fd, data)
+            finally:
+                os.close(fd)
+            self.put(Path(staging), key)
+        except BaseException:
+            Path(staging).unlink(missing_ok=True)
+            raise
+
+    def put(self, temp_path: Path, key: str, content_type: str | None = None) -> None:
+        target = self.path(key)
+        folder = target.parent
+        self._make_folder(folder)
         try:
             try:
                 os.replace(temp_path, target)

@@ -139,6 +139,16 @@ class S3Storage:
         directory.mkdir(parents=True, exist_ok=True)
         return directory
 
+    def put_bytes(self, data: bytes, key: str, content_type: str | None = None) -> None:
+        """Upload `data` as one object (the fetcher hands over bodies up to 256 KiB this way,
+        well under the multipart threshold): no temp file on local disk."""
+        check_key(key)
+        extra: dict[str, Any] = {"ContentType": content_type} if content_type else {}
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)
+        except (ClientError, BotoCoreError, Boto3Error) as exc:
+            raise self._error("upload", key, exc) from exc
+
     def put(self, temp_path: Path, key: str, content_type: str | None = None) -> None:
         """Upload (multipart above the threshold), then delete the temp file.
 

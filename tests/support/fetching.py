@@ -71,4 +71,5 @@ def assert_failed(outcome: FetchOutcome, code: str) -> None:
     assert not outcome.ok, outcome
     assert outcome.error_code == code, (outcome.error_code, outcome.error)
     assert outcome.error and outcome.error.endswith("."), outcome.error
-    assert outcome.temp_path is None and outcome.sha256 is None, outcome
+    assert outcome.temp_path is None and outcome.body is None, outcome
+    assert outcome.sha256 is None, outcome
