@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from downloader.inputs import ParsedInput
     from downloader.run_helpers import Helper
     from downloader.services import Services
+    from downloader.settings import Settings
 
 # Heavy modules (pandas, the parser, the jobs service) are imported inside the commands
 # that need them, so `worker` and `run`'s helper processes stay small.
@@ -111,6 +112,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--job", help=argparse.SUPPRESS)  # used by `run` for its helper processes
     p.add_argument("--until-idle", action="store_true", help="exit when nothing is left to do")
     p.add_argument("--share", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--job-from-stdin", action="store_true", help=argparse.SUPPRESS)  # `run`'s
     p.set_defaults(handler=cmd_worker)
 
     p = sub.add_parser("cleanup", help="remove jobs older than JOB_RETENTION_DAYS now")
@@ -127,15 +129,19 @@ def _build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------- helpers
 
 
-def _services(args: argparse.Namespace) -> Services:
-    from downloader.services import build_services
-
+def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
     if getattr(args, "database_url", None):
         overrides["database_url"] = args.database_url
     if getattr(args, "media_root", None):
         overrides["media_root"] = args.media_root
-    return build_services(load_settings(**overrides))
+    return load_settings(**overrides)
+
+
+def _services(args: argparse.Namespace) -> Services:
+    from downloader.services import build_services
+
+    return build_services(_settings(args))
 
 
 def _parse_input(args: argparse.Namespace, max_rows: int) -> ParsedInput:
@@ -217,9 +223,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     phase, which then never carries pandas, pyarrow or the parsed table (~150 MB at 100,000
     rows) beside its engines.
     """
+    started = args.started if args.started is not None else time.time()
+    early = _spawn_early_helpers(args) if args.job is None else []
     from downloader import jobs
 
-    started = args.started if args.started is not None else time.time()
     services = _services(args)
     if args.job is None:
         if args.input is None:
@@ -241,17 +248,39 @@ def cmd_run(args: argparse.Namespace) -> int:
             ).id
         del parsed
         if os.name == "posix":
-            _exec_download_phase(args, services, job_id, started)
+            _exec_download_phase(args, services, job_id, started, early)
     else:
         job_id = jobs.get_job(services.db, args.job).id
     return _download_phase(args, services, job_id, started)
 
 
+def _spawn_early_helpers(args: argparse.Namespace) -> list[Helper]:
+    """Helpers started before a small input is read (run_helpers); [] when not worth it."""
+    from downloader.run_helpers import EARLY_MAX_INPUT_BYTES, spawn_waiting_helpers
+
+    if os.name != "posix" or args.input in (None, "-"):
+        return []
+    try:
+        if Path(args.input).stat().st_size > EARLY_MAX_INPUT_BYTES:
+            return []
+    except OSError:
+        return []  # reported by the parser
+    settings = _settings(args)
+    wanted = args.processes or settings.run_processes or os.cpu_count() or 1
+    return spawn_waiting_helpers(
+        wanted - 1, database_url=settings.database_url, media_root=settings.media_root
+    )
+
+
 def _exec_download_phase(
-    args: argparse.Namespace, services: Services, job_id: str, started: float
+    args: argparse.Namespace,
+    services: Services,
+    job_id: str,
+    started: float,
+    early: list[Helper],
 ) -> None:
     from downloader import jobs
-    from downloader.run_helpers import spawn_helpers
+    from downloader.run_helpers import assign_helpers, spawn_helpers
 
     settings = services.settings
     argv = [sys.executable, "-m", "downloader", "run", "--job", job_id, "--started", repr(started)]
@@ -259,7 +288,10 @@ def _exec_download_phase(
     argv += ["--media-root", settings.media_root]
     processes = _process_count(args, services, jobs.job_counts(services.db, job_id).pending)
     argv += ["--processes", str(processes)]
-    if processes > 1:  # started now, so their start-up overlaps the exec's (run_helpers)
+    helpers = early
+    if early:  # already loaded: give the job to as many as are useful, the others exit
+        assign_helpers(early, job_id, 1.0 / processes, used=processes - 1)
+    elif processes > 1:  # started now, so their start-up overlaps the exec's (run_helpers)
         helpers = spawn_helpers(
             processes - 1,
             job_id,
@@ -267,6 +299,7 @@ def _exec_download_phase(
             database_url=settings.database_url,
             media_root=settings.media_root,
         )
+    if helpers:
         argv += ["--helpers", ",".join(str(helper.pid) for helper in helpers)]
     if args.quiet:
         argv.append("--quiet")
@@ -396,15 +429,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from downloader.engine import Engine
     from downloader.services import run_engine_until_stopped
 
+    job_id, share = args.job, args.share
+    if args.job_from_stdin:  # a helper `run` started before it read its input (run_helpers)
+        from downloader.run_helpers import read_assignment
+
+        assignment = read_assignment()
+        if assignment is None:
+            return EXIT_OK  # not needed after all
+        job_id, share = assignment
     services = _services(args)
     engine = Engine(
         services.db,
         services.storage,
         services.settings,
         # `run`'s helper processes have a fixed share and do not count as deployment workers
-        kind="run" if args.job else "worker",
-        job_id=args.job,
-        share=args.share,
+        kind="run" if job_id else "worker",
+        job_id=job_id,
+        share=share,
     )
 
     def handle(signum: int, _frame: object) -> None:

@@ -1,7 +1,9 @@
-"""HTTP client construction: httpx.AsyncClient on a thin aiohttp transport with the SSRF guard.
+"""HTTP client construction: a thin aiohttp transport with the SSRF guard, under httpx's API.
 
-httpx stays the API (httpx.Request in, httpx.Response out); aiohttp does the wire work because
-it is much faster than httpcore (see benchmarks/bench_fetch.py). Compared with httpx-aiohttp's
+httpx stays the API (httpx.Request in, httpx.Response out: the transport is the one I/O seam);
+aiohttp does the wire work because it is much faster than httpcore (see
+benchmarks/bench_fetch.py). The fetcher sends its requests through the transport directly;
+`build_client` wraps it in an httpx.AsyncClient for everything else. Compared with httpx-aiohttp's
 transport this one
 
 * vets the connect target: names through `GuardedResolver` (every resolved address is checked
@@ -218,9 +220,16 @@ def default_headers(settings: Settings) -> dict[str, str]:
     }
 
 
+def build_transport(settings: Settings, guard: Guard | None) -> GuardedAiohttpTransport:
+    """The transport alone (call inside the event loop). The fetcher sends through it
+    directly: every request it builds is complete (headers, timeouts; no cookies, auth or
+    redirects to handle), so the client layer would only add work to each image."""
+    return GuardedAiohttpTransport(build_session(settings, guard), guard)
+
+
 def build_client(settings: Settings, guard: Guard | None) -> httpx.AsyncClient:
     """httpx.AsyncClient over `GuardedAiohttpTransport` (call inside the event loop)."""
-    transport = GuardedAiohttpTransport(build_session(settings, guard), guard)
+    transport = build_transport(settings, guard)
     client = httpx.AsyncClient(
         transport=transport,
         headers=default_headers(settings),

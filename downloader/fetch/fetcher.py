@@ -31,7 +31,13 @@ from typing import TYPE_CHECKING
 import httpx
 
 from downloader.fetch.body import DECODE_STEP, SPOOL_BYTES, BodyReceiver
-from downloader.fetch.client import BlockedAddress, TLSError, build_client, default_headers
+from downloader.fetch.client import (
+    BlockedAddress,
+    GuardedAiohttpTransport,
+    TLSError,
+    build_transport,
+    default_headers,
+)
 from downloader.fetch.limits import CircuitBreaker, HostSlots, Pacer, Slots, scaled
 from downloader.fetch.outcomes import (
     Failure,
@@ -126,13 +132,13 @@ class Fetcher:
             write=settings.http_read_timeout,
             pool=None,
         ).as_dict()
-        self._client: httpx.AsyncClient | None = None
+        self._transport: GuardedAiohttpTransport | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Fetcher:
-        if self._client is None:
-            self._client = build_client(self.settings, self.guard)
+        if self._transport is None:
+            self._transport = build_transport(self.settings, self.guard)
         return self
 
     async def __aexit__(
@@ -144,9 +150,9 @@ class Fetcher:
         await self.aclose()
 
     async def aclose(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            await transport.aclose()
 
     # -- limits ----------------------------------------------------------------------------
 
@@ -173,11 +179,11 @@ class Fetcher:
 
     async def fetch(self, url: str) -> FetchOutcome:
         """Download `url`; see the module docstring for the rules."""
-        if self._client is None:
+        if self._transport is None:
             raise RuntimeError("Fetcher is not open: use 'async with Fetcher(...)'")
         self.stats.in_flight += 1
         try:
-            outcome = await self._fetch(self._client, url)
+            outcome = await self._fetch(self._transport, url)
         except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # a bug must not take down the whole batch
@@ -195,7 +201,7 @@ class Fetcher:
             self.stats.failed += 1
         return outcome
 
-    async def _fetch(self, client: httpx.AsyncClient, url: str) -> FetchOutcome:
+    async def _fetch(self, transport: httpx.AsyncBaseTransport, url: str) -> FetchOutcome:
         refusal = self.guard.vet_url(url)
         if refusal is not None:
             return FetchOutcome(ok=False, error_code=refusal.code, error=refusal.reason)
@@ -213,7 +219,7 @@ class Fetcher:
                 return self._circuit_open(job, host, loop.time())
             if job.remaining <= 0:
                 return self._deadline_failure(job)
-            result = await self._hop(client, job, host)
+            result = await self._hop(transport, job, host)
             if isinstance(result, FetchOutcome):
                 return result
             if isinstance(result, _Redirect):
@@ -238,7 +244,7 @@ class Fetcher:
             return self._failure(job, result)
 
     async def _hop(
-        self, client: httpx.AsyncClient, job: _Job, host: str
+        self, transport: httpx.AsyncBaseTransport, job: _Job, host: str
     ) -> FetchOutcome | _Redirect | Failure:
         """One request under the host and global slots, the breaker, the pacer, the deadline."""
         loop = asyncio.get_running_loop()
@@ -259,7 +265,7 @@ class Fetcher:
                     started = loop.time()
                     try:
                         async with asyncio.timeout(job.remaining) as scope:
-                            result = await self._exchange(client, job)
+                            result = await self._exchange(transport, job)
                     except TimeoutError:
                         if not scope.expired():
                             raise
@@ -291,14 +297,14 @@ class Fetcher:
             self._hosts.release(host)
 
     async def _exchange(
-        self, client: httpx.AsyncClient, job: _Job
+        self, transport: httpx.AsyncBaseTransport, job: _Job
     ) -> FetchOutcome | _Redirect | Failure:
         request = httpx.Request(
             "GET", job.current, headers=self._headers, extensions={"timeout": self._timeout}
         )
         self.stats.requests += 1
         try:
-            response = await client.send(request, stream=True)
+            response = await transport.handle_async_request(request)
         except BlockedAddress as exc:
             return Failure("blocked_address", as_sentence(exc.reason), reachable=None)
         except TLSError as exc:

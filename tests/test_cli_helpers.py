@@ -1,0 +1,110 @@
+"""`run`'s helper processes (downloader/run_helpers.py): for a small input they are started
+before the input is read and wait for their job; they take part in the download, and none
+outlives `run`, whether the job finishes, the input is unusable or fewer are needed."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.support.imageserver import ImageServer, Reply, Req
+from tests.test_cli import Cli, last_json, write_input
+
+WAITING_FLAG = "--job-from-stdin"
+
+
+def waiting_helpers(parent: psutil.Process) -> list[psutil.Process]:
+    found = []
+    for child in parent.children():
+        try:
+            if WAITING_FLAG in child.cmdline():
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def helpers_of(db_path: Path) -> list[psutil.Process]:
+    """Live helper processes (anywhere) working on this test's database."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if WAITING_FLAG in (proc.info["cmdline"] or []) and str(db_path) in str(
+                proc.environ().get("DATABASE_URL", "")
+            ):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def wait_gone(db_path: Path, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while helpers_of(db_path):
+        if time.monotonic() > deadline:
+            pytest.fail(f"helpers still running: {helpers_of(db_path)}")
+        time.sleep(0.1)
+
+
+def test_a_helper_started_before_the_input_is_read_downloads_part_of_the_job(
+    tmp_path: Path, image_server: ImageServer
+) -> None:
+    s = image_server
+
+    def slow_image(req: Req) -> Reply:
+        time.sleep(0.05)
+        return Reply.image(f"slow-{req.param('id')}", "jpg")
+
+    s.add_route(r"^/early/(?P<id>\d+)\.jpg$", slow_image)
+    total = 500  # above the 400 images that make a second process worth it
+    src = write_input(
+        tmp_path / "in.csv",
+        [(f"P{i // 5}", s.url(f"/early/{i}.jpg", host=i % 3)) for i in range(total)],
+    )
+    cli = Cli(tmp_path)
+    run = cli.start("run", str(src), "--processes", "2", "--quiet", MAX_GLOBAL_CONCURRENCY="8")
+    parent = psutil.Process(run.pid)
+    helper_pids: set[int] = set()
+    registered: set[int] = set()
+    deadline = time.monotonic() + 60
+    while run.poll() is None and time.monotonic() < deadline:
+        helper_pids |= {p.pid for p in waiting_helpers(parent)}
+        if cli.db_path.exists():
+            with contextlib.suppress(sqlite3.OperationalError):  # no schema yet
+                registered |= {int(pid) for (pid,) in cli.sql("SELECT pid FROM worker")}
+        time.sleep(0.05)
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 0, stderr
+    assert last_json(stdout)["done"] == total
+    assert len(helper_pids) == 1, "one waiting helper beside `run` itself"
+    assert helper_pids <= registered, "the waiting helper got the job and ran an engine"
+    assert run.pid in registered
+    wait_gone(cli.db_path)
+
+
+def test_waiting_helpers_exit_when_not_needed_or_when_the_input_is_unusable(
+    tmp_path: Path, image_server: ImageServer
+) -> None:
+    cli = Cli(tmp_path)
+    # two images: a second process is not worth it, the waiting helper is told to exit
+    src = write_input(
+        tmp_path / "small.csv",
+        [("P1", image_server.url("/img/a.jpg")), ("P1", image_server.url("/img/b.jpg"))],
+    )
+    result = cli("run", str(src), "--processes", "2", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert last_json(result.stdout)["done"] == 2
+    assert cli.sql("SELECT DISTINCT pid FROM worker") == []
+    wait_gone(cli.db_path)
+
+    # no valid rows: `run` exits 2 with a message; its waiting helper sees the pipe close
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Product Number,Image URL\nP1,not a url\n")
+    result = cli("run", str(bad), "--processes", "2", "--quiet")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    wait_gone(cli.db_path)
