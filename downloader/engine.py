@@ -89,11 +89,11 @@ class Engine:
         self._capacity = self._compute_capacity(self.share)
 
     def _compute_capacity(self, share: float) -> int:
-        # Every download slot busy plus a backlog as large again: while a claim waits for
+        # Every download slot busy plus a backlog twice as large: while a claim waits for
         # the database (another process's write holds SQLite's lock), the backlog keeps the
         # slots fed. The backlog also gives the per-host limits work from other hosts.
         slots = max(1, math.floor(self.settings.max_global_concurrency * share))
-        return 2 * slots + 8
+        return 3 * slots + 8
 
     def stop(self) -> None:
         """Stop claiming; in-flight downloads finish (or are released on cancel)."""
@@ -160,7 +160,9 @@ class Engine:
         last_reap = time.monotonic()
         while not self._stopping:
             room = self._capacity - self._downloading
-            wanted = min(self.settings.claim_batch_size, max(1, self._capacity // 4))
+            # Claim about a slot-full at a time: fewer, bigger write transactions, so two
+            # processes sharing SQLite queue less often for its lock.
+            wanted = min(self.settings.claim_batch_size, max(1, self._capacity // 3))
             if not self._standby and room >= wanted:
                 claims = await anyio.to_thread.run_sync(
                     self._claim, min(room, self.settings.claim_batch_size)
