@@ -143,6 +143,9 @@ class Engine:
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._shutdown_db)
+            if self.storage.name == "local":  # its own .tmp/<pid> folder, once empty
+                with suppress(OSError):
+                    temp_dir.rmdir()
         return self.stats
 
     def _shutdown_db(self) -> None:

@@ -200,6 +200,28 @@ def test_clean_temp_removes_only_dead_processes_files(storage: Storage) -> None:
             path.unlink()
 
 
+def test_each_process_has_its_own_temp_folder_and_dead_ones_are_removed(tmp_path: Path) -> None:
+    local = LocalStorage(tmp_path / "media")
+    own = local.temp_dir()
+    assert own.name == str(os.getpid()) and own.parent.name == ".tmp"
+    gone = dead_pid()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead_folder = own.parent / str(gone)
+        live_folder = own.parent / str(sleeper.pid)
+        for folder in (dead_folder, live_folder):
+            folder.mkdir()
+            (folder / f"{folder.name}-a.part").write_bytes(b"partial")
+        (own / f"{os.getpid()}-b.part").write_bytes(b"partial")
+        assert local.clean_temp() == 1
+        assert not dead_folder.exists(), "a dead process's emptied folder goes too"
+        assert (live_folder / f"{sleeper.pid}-a.part").exists()
+        assert (own / f"{os.getpid()}-b.part").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
 def test_check_describes_a_healthy_store(storage: Storage) -> None:
     description = storage.check()
     assert isinstance(description, str) and "\n" not in description
@@ -212,7 +234,7 @@ def test_check_describes_a_healthy_store(storage: Storage) -> None:
 def test_local_layout_and_same_filesystem(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path / "media")
     assert storage.name == "local"
-    assert storage.temp_dir() == tmp_path / "media" / ".tmp"
+    assert storage.temp_dir() == tmp_path / "media" / ".tmp" / str(os.getpid())
     key = image_key("job1", 3, 4, "webp")
     temp = storage.temp_dir() / f"{os.getpid()}-x.part"
     temp.write_bytes(b"webp bytes")

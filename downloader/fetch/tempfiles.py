@@ -21,4 +21,8 @@ _O_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 def create_temp_file(temp_dir: Path, pid: int) -> tuple[Path, int]:
     """A new, exclusively created ``<pid>-<uuid>.part`` file in temp_dir and its descriptor."""
     path = temp_dir / f"{pid}-{uuid4().hex}{TEMP_SUFFIX}"
-    return path, os.open(path, _O_FLAGS, 0o600)
+    try:
+        return path, os.open(path, _O_FLAGS, 0o600)
+    except FileNotFoundError:  # removed by an engine of this process that stopped
+        temp_dir.mkdir(parents=True, exist_ok=True)
+        return path, os.open(path, _O_FLAGS, 0o600)

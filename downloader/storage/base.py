@@ -8,10 +8,11 @@ other backend failures raise `StorageError` with a readable message.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, BinaryIO, Protocol, runtime_checkable
 from urllib.parse import quote
@@ -116,7 +117,9 @@ def image_key(job_id: str, product_id: int, position: int, ext: str) -> str:
 
 
 def clean_temp_dir(directory: Path, live_pids: set[int] | None) -> int:
-    """Remove `<pid>-...` files in `directory` whose pid is not alive; return the count.
+    """Remove `<pid>-...` files whose pid is not alive, in `directory` and in its per-process
+    `<pid>/` folders (LocalStorage.temp_dir), and the emptied folders of dead processes;
+    return how many files went.
 
     With `live_pids` given, exactly those pids (plus this process) count as alive; otherwise
     each pid is probed on this host. Files not named `<pid>-...` are left alone.
@@ -124,17 +127,34 @@ def clean_temp_dir(directory: Path, live_pids: set[int] | None) -> int:
     if not directory.is_dir():
         return 0
     own = os.getpid()
+    known: dict[int, bool] = {}
+
+    def dead(pid: int) -> bool:
+        if pid == own:
+            return False
+        if pid not in known:
+            known[pid] = not (pid in live_pids if live_pids is not None else pid_alive(pid))
+        return known[pid]
+
+    removed = _remove_dead_files(directory, dead)
+    with os.scandir(directory) as entries:
+        folders = [e.path for e in entries if e.name.isdigit() and e.is_dir(follow_symlinks=False)]
+    for folder in folders:
+        removed += _remove_dead_files(Path(folder), dead)
+        if dead(int(os.path.basename(folder))):
+            with contextlib.suppress(OSError):  # not empty: a file this cleaner keeps
+                os.rmdir(folder)
+    return removed
+
+
+def _remove_dead_files(directory: Path, dead: Callable[[int], bool]) -> int:
     removed = 0
     with os.scandir(directory) as entries:
         for entry in entries:
             match = _TEMP_NAME_RE.match(entry.name)
             if not match or not entry.is_file(follow_symlinks=False):
                 continue
-            pid = int(match.group(1))
-            if pid == own:
-                continue
-            alive = pid in live_pids if live_pids is not None else pid_alive(pid)
-            if alive:
+            if not dead(int(match.group(1))):
                 continue
             try:
                 os.unlink(entry.path)
