@@ -68,6 +68,16 @@ def last_json(output: str) -> dict[str, object]:
     return json.loads(output.strip().splitlines()[-1])
 
 
+def add_slow_images(server: ImageServer, folder: str, delay: float = 0.05) -> None:
+    """Serve /<folder>/<id>.jpg, each after `delay` seconds (so a job lasts long enough)."""
+
+    def slow_image(req: Req) -> Reply:
+        time.sleep(delay)
+        return Reply.image(f"slow-{req.param('id')}", "jpg")
+
+    server.add_route(rf"^/{folder}/(?P<id>\d+)\.jpg$", slow_image)
+
+
 def write_input(path: Path, rows: list[tuple[str, str]]) -> Path:
     path.write_text("Product Number,Image URL\n" + "".join(f"{p},{u}\n" for p, u in rows))
     return path
@@ -167,12 +177,7 @@ def test_sigkill_mid_job_then_run_again_finishes_without_refetching(
     tmp_path: Path, image_server: ImageServer
 ) -> None:
     s = image_server
-
-    def slow_image(req: Req) -> Reply:
-        time.sleep(0.05)
-        return Reply.image(f"slow-{req.param('id')}", "jpg")
-
-    s.add_route(r"^/work/(?P<id>\d+)\.jpg$", slow_image)
+    add_slow_images(s, "work")
     total = 400
     rows = [(f"P{i // 4}", s.url(f"/work/{i}.jpg", host=i % 3)) for i in range(total)]
     src = write_input(tmp_path / "in.csv", rows)

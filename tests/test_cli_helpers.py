@@ -12,8 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support.imageserver import ImageServer, Reply, Req
-from tests.test_cli import Cli, last_json, write_input
+from tests.support.imageserver import ImageServer
+from tests.test_cli import Cli, add_slow_images, last_json, write_input
 
 WAITING_FLAG = "--job-from-stdin"
 
@@ -55,12 +55,7 @@ def test_a_helper_started_before_the_input_is_read_downloads_part_of_the_job(
     tmp_path: Path, image_server: ImageServer
 ) -> None:
     s = image_server
-
-    def slow_image(req: Req) -> Reply:
-        time.sleep(0.05)
-        return Reply.image(f"slow-{req.param('id')}", "jpg")
-
-    s.add_route(r"^/early/(?P<id>\d+)\.jpg$", slow_image)
+    add_slow_images(s, "early")
     total = 500  # above the 400 images that make a second process worth it
     src = write_input(
         tmp_path / "in.csv",
