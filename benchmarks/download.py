@@ -159,10 +159,7 @@ def compare(
     scratch = WORK_DIR / "runs" / name / "scratch"
     shutil.rmtree(scratch, ignore_errors=True)  # an interrupted run's leftovers
     keep = _room_to_keep_every_round(work, rounds * len(available))
-    if keep:
-        section.notes.append(KEPT_NOTE)
-    else:
-        section.notes.append(DELETED_NOTE)
+    section.notes.append(KEPT_NOTE if keep else DELETED_NOTE)
     log(
         name,
         f"{work.images:,} images, {work.products:,} products, {work.total_bytes / MB:,.0f} MB; "

@@ -280,7 +280,7 @@ def _exec_download_phase(
     early: list[Helper],
 ) -> None:
     from downloader import jobs
-    from downloader.run_helpers import assign_helpers, spawn_helpers
+    from downloader.run_helpers import assign_helpers
 
     settings = services.settings
     argv = [sys.executable, "-m", "downloader", "run", "--job", job_id, "--started", repr(started)]
@@ -292,13 +292,7 @@ def _exec_download_phase(
     if early:  # already loaded: give the job to as many as are useful, the others exit
         assign_helpers(early, job_id, 1.0 / processes, used=processes - 1)
     elif processes > 1:  # started now, so their start-up overlaps the exec's (run_helpers)
-        helpers = spawn_helpers(
-            processes - 1,
-            job_id,
-            1.0 / processes,
-            database_url=settings.database_url,
-            media_root=settings.media_root,
-        )
+        helpers = _spawn_helpers(settings, job_id, processes)
     if helpers:
         argv += ["--helpers", ",".join(str(helper.pid) for helper in helpers)]
     if args.quiet:
@@ -314,7 +308,7 @@ def _download_phase(
 ) -> int:
     from downloader import jobs
     from downloader.engine import Engine
-    from downloader.run_helpers import adopt_helpers, spawn_helpers
+    from downloader.run_helpers import adopt_helpers
     from downloader.services import run_engine_until_stopped
 
     if args.helpers is not None:  # started before the exec, with their share
@@ -323,13 +317,7 @@ def _download_phase(
     else:
         pending = jobs.job_counts(services.db, job_id).pending
         processes = _process_count(args, services, pending)
-        helpers = spawn_helpers(
-            processes - 1,
-            job_id,
-            1.0 / processes,
-            database_url=services.settings.database_url,
-            media_root=services.settings.media_root,
-        )
+        helpers = _spawn_helpers(services.settings, job_id, processes)
     share = 1.0 / processes
     engine = Engine(
         services.db, services.storage, services.settings, kind="run", job_id=job_id, share=share
@@ -354,6 +342,19 @@ def _process_count(args: argparse.Namespace, services: Services, pending: int) -
     wanted = args.processes or services.settings.run_processes or os.cpu_count() or 1
     useful = max(1, math.ceil(pending / IMAGES_PER_EXTRA_PROCESS))
     return max(1, min(wanted, useful))
+
+
+def _spawn_helpers(settings: Settings, job_id: str, processes: int) -> list[Helper]:
+    """The `processes - 1` helper engines beside `run`'s own, each with 1/processes."""
+    from downloader.run_helpers import spawn_helpers
+
+    return spawn_helpers(
+        processes - 1,
+        job_id,
+        1.0 / processes,
+        database_url=settings.database_url,
+        media_root=settings.media_root,
+    )
 
 
 def _install_stop_handlers(engine: Engine, helpers: list[Helper]) -> threading.Event:

@@ -2,8 +2,8 @@
 (SHA-256, CRC-32 and size counted as bytes arrive) or a `Failure`.
 
 The body is spooled in memory up to SPOOL_BYTES (256 KiB). A body that ends within that is
-handed over as bytes (most images): the storage then writes it once, straight to its final
-place, with no temp file and no rename. A bigger one goes to a temp file SPOOL_BYTES at a time.
+handed over as bytes (most images), for the storage to publish (`Storage.put_bytes`: S3 uploads
+it from memory). A bigger one goes to a temp file SPOOL_BYTES at a time.
 Dimensions are read from memory where possible; the magic number is checked as soon as the
 first bytes arrive (a web page is refused without reading it all, and without creating a
 file).
@@ -36,7 +36,8 @@ from downloader.fetch.outcomes import (
     format_seconds,
 )
 from downloader.fetch.sniff import HEAD_BYTES, SniffError, check_magic, image_info
-from downloader.fetch.tempfiles import create_temp_file, write_all
+from downloader.fetch.tempfiles import create_temp_file
+from downloader.storage.base import write_all
 
 DECODE_STEP = 256 * 1024  # most decoded bytes produced per zlib call
 SPOOL_BYTES = 256 * 1024  # body bytes kept in memory before they are written out
@@ -212,7 +213,7 @@ class BodyReceiver:
             whole = b"".join(pending) if fd < 0 else None  # the body, when it is all in memory
             try:
                 if whole is not None:
-                    # Handed over as bytes: the storage writes them once, to their final place.
+                    # Handed over as bytes, for Storage.put_bytes.
                     info = image_info(None, whole[:HEAD_BYTES], whole)
                 else:
                     if pending:

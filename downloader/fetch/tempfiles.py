@@ -10,10 +10,6 @@ import os
 from pathlib import Path
 from uuid import uuid4
 
-from downloader.storage.base import write_all
-
-__all__ = ["TEMP_SUFFIX", "create_temp_file", "write_all"]
-
 TEMP_SUFFIX = ".part"
 _O_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 

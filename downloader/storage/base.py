@@ -46,9 +46,8 @@ class Storage(Protocol):
         ...
 
     def put_bytes(self, data: bytes, key: str, content_type: str | None = None) -> None:
-        """Store `data` under `key` (replacing any previous object). Not atomic on local disk:
-        callers record the key as done only after this returns, and nothing reads the file
-        of an image that is not done."""
+        """Publish `data` under `key` atomically, as `put` does a file (the fetcher hands over
+        bodies that arrived whole in memory this way)."""
         ...
 
     def open(self, key: str) -> BinaryIO: ...

@@ -63,13 +63,6 @@ class LocalStorage:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def _make_folder(self, folder: Path) -> None:
-        if (name := str(folder)) not in self._made_folders:
-            folder.mkdir(parents=True, exist_ok=True)
-            if len(self._made_folders) >= MADE_FOLDERS_KEPT:
-                self._made_folders.clear()
-            self._made_folders.add(name)
-
     def put_bytes(self, data: bytes, key: str, content_type: str | None = None) -> None:
         """Publish `data` under `key` atomically: written to a `.part` file in the temp folder,
         then renamed into place, so a file at a final key is never half-written (a crash
@@ -92,7 +85,11 @@ class LocalStorage:
     def put(self, temp_path: Path, key: str, content_type: str | None = None) -> None:
         target = self.path(key)
         folder = target.parent
-        self._make_folder(folder)
+        if (name := str(folder)) not in self._made_folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            if len(self._made_folders) >= MADE_FOLDERS_KEPT:
+                self._made_folders.clear()
+            self._made_folders.add(name)
         try:
             try:
                 os.replace(temp_path, target)
