@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from downloader.errors import UserError
+from downloader.processes import tune_gc_for_engine
 from downloader.settings import load_settings
 
 if TYPE_CHECKING:
@@ -323,6 +324,7 @@ def _download_phase(
         services.db, services.storage, services.settings, kind="run", job_id=job_id, share=share
     )
     stop_requested = _install_stop_handlers(engine, helpers)
+    tune_gc_for_engine()
     thread = threading.Thread(
         target=run_engine_until_stopped, args=(engine,), kwargs={"until_idle": True}
     )
@@ -454,6 +456,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+    tune_gc_for_engine()
     run_engine_until_stopped(engine, until_idle=args.until_idle)
     _emit(
         {
