@@ -1,5 +1,5 @@
 """Pure logic of the fetch layer: retry policy, Retry-After, slots, pacer, breaker, sniffing,
-error mapping. No network."""
+the guard in the transport. No network (the wire itself: test_fetch_wire.py)."""
 
 from __future__ import annotations
 
@@ -12,23 +12,14 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 
-import aiohttp
-import httpx
 import pytest
-from aiohttp.client_reqrep import ConnectionKey
 from PIL import Image
 
-from downloader.fetch.client import (
-    BlockedAddress,
-    TLSError,
-    TruncatedBody,
-    build_client,
-    map_aiohttp_error,
-)
+from downloader.fetch.client import BlockedAddress, build_client
 from downloader.fetch.limits import CircuitBreaker, HostSlots, Pacer, Slots, scaled
 from downloader.fetch.retry import RetryPolicy, is_retryable_status, parse_retry_after
 from downloader.fetch.sniff import SniffError, describe_non_image, image_info, sniff_format
-from downloader.guard import AddressBlockedError, Guard
+from downloader.guard import Guard
 from downloader.settings import load_settings
 from tests.support.imageserver import bomb_png, image_bytes
 
@@ -305,44 +296,11 @@ def test_pillow_would_agree(tmp_path: Path) -> None:
             assert im.size == (30, 20)
 
 
-# -- transport error mapping ----------------------------------------------------------------------
-
-
-def _key() -> ConnectionKey:
-    return ConnectionKey("h", 80, False, True, None, None, None)
-
-
-def test_error_mapping() -> None:
-    request = httpx.Request("GET", "http://h/")
-    blocked = aiohttp.ClientConnectorDNSError(_key(), AddressBlockedError("h resolves to 10.0.0.1"))
-    mapped = map_aiohttp_error(blocked, request)
-    assert isinstance(mapped, BlockedAddress) and mapped.reason == "h resolves to 10.0.0.1"
-    refused = aiohttp.ClientConnectorError(
-        _key(), ConnectionRefusedError(111, "Connection refused")
-    )
-    assert isinstance(map_aiohttp_error(refused, request), httpx.ConnectError)
-    assert isinstance(
-        map_aiohttp_error(aiohttp.ConnectionTimeoutError(), request), httpx.ConnectTimeout
-    )
-    assert isinstance(map_aiohttp_error(aiohttp.SocketTimeoutError(), request), httpx.ReadTimeout)
-    assert isinstance(
-        map_aiohttp_error(aiohttp.ClientPayloadError("short"), request), TruncatedBody
-    )
-    assert isinstance(
-        map_aiohttp_error(aiohttp.ServerDisconnectedError(), request), httpx.RemoteProtocolError
-    )
-    assert isinstance(
-        map_aiohttp_error(aiohttp.ClientOSError(104, "reset"), request), httpx.ReadError
-    )
-    assert isinstance(
-        map_aiohttp_error(aiohttp.ClientSSLError(_key(), OSError("bad")), request), TLSError
-    )
-    other = ValueError("not ours")
-    assert map_aiohttp_error(other, request) is other
+# -- the guard in the transport ------------------------------------------------------------------
 
 
 def test_transport_refuses_ip_literals_before_connecting(tmp_path: Path) -> None:
-    """IP-literal hosts never reach aiohttp's resolver: the transport vets them itself."""
+    """IP-literal hosts need no resolver: the transport vets them itself before connecting."""
     settings = load_settings(allowed_private_networks=[])
 
     async def main() -> None:

@@ -1,7 +1,7 @@
 """HTTP fetch layer: politeness limits, retries, redirects, SSRF guard, verified temp files.
 
 The engine uses `Fetcher` and `FetchOutcome`; the other modules are its parts:
-client (httpx over a guarded aiohttp transport), limits (slots, pacer, circuit breaker),
+client (httpx over a guarded HTTP/1.1 transport, wire.py), limits (slots, pacer, circuit breaker),
 retry (policy, backoff, Retry-After), body (reading, decoding, hashing and spooling a response
 body), sniff (type and dimensions from the bytes), tempfiles (the ``.part`` files and their
 clean-up) and outcomes (FetchOutcome, FetchStats, failures and their wording).

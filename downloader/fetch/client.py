@@ -1,44 +1,48 @@
-"""HTTP client construction: a thin aiohttp transport with the SSRF guard, under httpx's API.
+"""HTTP client construction: a guarded HTTP/1.1 transport under httpx's API.
 
-httpx stays the API (httpx.Request in, httpx.Response out: the transport is the one I/O seam);
-aiohttp does the wire work because it is much faster than httpcore (see
-benchmarks/bench_fetch.py). The fetcher sends its requests through the transport directly;
-`build_client` wraps it in an httpx.AsyncClient for everything else. Compared with httpx-aiohttp's
-transport this one
+httpx stays the API (httpx.Request in, httpx.Response out: the transport is the one I/O seam).
+The wire work is `wire.HttpConnection` (asyncio + httptools), which costs far less CPU per
+image than httpcore or aiohttp's client (see benchmarks/bench_fetch.py). The fetcher sends its
+requests through the transport directly; `build_client` wraps it in an httpx.AsyncClient for
+everything else. The transport
 
-* vets the connect target: names through `GuardedResolver` (every resolved address is checked
-  and only vetted ones are connected to), IP-literal hosts - which aiohttp never passes to a
-  resolver - with `Guard.check_host` on the exact URL aiohttp will use;
-* streams the body with `readany` (whatever is buffered, up to `read_bufsize`) instead of
-  fixed 16 KB pieces;
-* maps aiohttp errors to precise httpx exceptions (connect vs read timeout, refused vs reset,
-  TLS, truncated body, blocked address).
+* vets the connect target: names through the guard's resolver (every resolved address is
+  checked and only vetted ones are connected to; vetted answers are cached for
+  `DNS_CACHE_SECONDS`), IP-literal hosts with `Guard.check_host`;
+* keeps idle connections per (scheme, host, port) for `KEEPALIVE_SECONDS`, and never reuses
+  a connection whose exchange did not end cleanly;
+* maps errors to precise httpx exceptions (connect vs read timeout, refused vs reset, TLS,
+  truncated body, blocked address).
 
-No proxy from the environment (trust_env=False): a proxy would make the guard check the proxy's
-address instead of the target's. No cookies are kept between requests. The body is passed
-through undecoded (auto_decompress=False): the fetcher decodes it itself so that decoded bytes
-count against the size limit.
+No proxy (a proxy would make the guard check the proxy's address instead of the target's),
+no cookies, no retries (the fetcher's retry policy owns re-sending: it counts attempts, backs
+off, feeds the circuit breaker). The body is passed through undecoded: the fetcher decodes it
+itself so that decoded bytes count against the size limit.
 """
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import ssl
+import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import certifi
 import httpx
-from yarl import URL
 
-from downloader.guard import AddressBlockedError, Guard
+from downloader.fetch.wire import HttpConnection, TruncatedBody, request_bytes
+from downloader.guard import AddressBlockedError, Guard, GuardedResolver
 
 if TYPE_CHECKING:
     from downloader.settings import Settings
 
-READ_BUFSIZE = 2**18  # aiohttp's per-response buffer high-water mark (its default is 64 KiB)
+__all__ = ["BlockedAddress", "GuardedTransport", "TLSError", "TruncatedBody", "build_client"]
+
 DNS_CACHE_SECONDS = 30  # only vetted addresses are cached
 KEEPALIVE_SECONDS = 4.0  # idle pooled connections are closed before most servers close them
+DEFAULT_PORTS = {b"http": 80, b"https": 443}
 
 
 class BlockedAddress(httpx.ConnectError):
@@ -53,122 +57,198 @@ class TLSError(httpx.ConnectError):
     """TLS handshake or certificate verification failed (not retried)."""
 
 
-class TruncatedBody(httpx.RemoteProtocolError):
-    """The connection ended before the whole body (Content-Length or chunked) arrived."""
+class ConnectionStream(httpx.AsyncByteStream):
+    """A response body read from its connection; closing hands the connection back."""
 
+    __slots__ = ("_connection", "_request", "_transport")
 
-def _blocked_reason(exc: BaseException) -> str | None:
-    seen: BaseException | None = exc
-    for _ in range(6):
-        if seen is None:
-            return None
-        if isinstance(seen, AddressBlockedError):
-            return seen.reason
-        os_error = getattr(seen, "os_error", None)
-        if isinstance(os_error, AddressBlockedError):
-            return os_error.reason
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def map_aiohttp_error(exc: Exception, request: httpx.Request) -> Exception:
-    """The httpx exception for an aiohttp (or OS) error; returns `exc` if it is unknown."""
-    reason = _blocked_reason(exc)
-    if reason is not None:
-        return BlockedAddress(reason, request=request)
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return httpx.ConnectTimeout(str(exc) or "connect timeout", request=request)
-    if isinstance(exc, aiohttp.ServerTimeoutError):
-        return httpx.ReadTimeout(str(exc) or "read timeout", request=request)
-    if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
-        return TLSError(str(exc), request=request)
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        detail = exc.os_error.strerror or str(exc.os_error) or str(exc)
-        return httpx.ConnectError(detail, request=request)
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return TruncatedBody(str(exc), request=request)
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return httpx.RemoteProtocolError("server disconnected", request=request)
-    if isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError)):
-        return httpx.UnsupportedProtocol(str(exc), request=request)
-    if isinstance(exc, aiohttp.ClientResponseError):  # malformed response head
-        return httpx.RemoteProtocolError(exc.message or str(exc), request=request)
-    if isinstance(exc, (aiohttp.ClientOSError, OSError)):
-        return httpx.ReadError(getattr(exc, "strerror", None) or str(exc), request=request)
-    if isinstance(exc, aiohttp.ClientError):
-        return httpx.TransportError(str(exc) or type(exc).__name__, request=request)
-    return exc
-
-
-class AiohttpResponseStream(httpx.AsyncByteStream):
-    __slots__ = ("_request", "_response")
-
-    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
-        self._response = response
+    def __init__(
+        self, transport: GuardedTransport, connection: HttpConnection, request: httpx.Request
+    ) -> None:
+        self._transport = transport
+        self._connection = connection
         self._request = request
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        content = self._response.content
         try:
-            while True:
-                chunk = await content.readany()
-                if not chunk:
-                    return
+            async for chunk in self._connection.body():
                 yield chunk
-        except (aiohttp.ClientError, OSError) as exc:
-            raise map_aiohttp_error(exc, self._request) from exc
+        except httpx.TransportError as exc:
+            exc.request = self._request
+            raise
 
     async def aclose(self) -> None:
-        # Returns the connection to the pool when the body was read to the end; otherwise
-        # aiohttp closes it (never reuses a half-read connection).
-        self._response.release()
+        # Back to the pool only when the body was read to the end; otherwise closed (a
+        # half-read connection is never reused).
+        self._transport.release(self._connection)
 
 
-class GuardedAiohttpTransport(httpx.AsyncBaseTransport):
-    """httpx transport over an aiohttp session; vets IP-literal hosts with the guard."""
+Address = tuple[Any, ...]  # what asyncio's create_connection needs: family, proto, host, port
 
-    def __init__(self, session: aiohttp.ClientSession, guard: Guard | None) -> None:
-        self.session = session
+
+class GuardedTransport(httpx.AsyncBaseTransport):
+    """httpx transport over pooled `HttpConnection`s; vets every address it connects to."""
+
+    def __init__(self, guard: Guard | None, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self.guard = guard
-        self._timeouts: dict[tuple[float | None, ...], aiohttp.ClientTimeout] = {}
+        self._resolver: GuardedResolver | None = guard.resolver() if guard is not None else None
+        self._ssl = ssl_context
+        self._idle: dict[tuple[bytes, str, int], list[HttpConnection]] = {}
+        self._open: set[HttpConnection] = set()
+        self._dns: dict[tuple[str, int], tuple[float, list[Address]]] = {}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = URL(str(request.url), encoded=True)
-        if self.guard is not None:
-            reason = self.guard.check_host(url.raw_host or "")
-            if reason is not None:
-                raise BlockedAddress(reason, request=request)
+        url = request.url
+        scheme = url.raw_scheme
+        if scheme not in DEFAULT_PORTS:
+            raise httpx.UnsupportedProtocol(f"unsupported scheme {url.scheme!r}", request=request)
+        host = url.raw_host.decode("ascii")
+        if not host:
+            raise httpx.UnsupportedProtocol("the URL has no host", request=request)
+        port = url.port or DEFAULT_PORTS[scheme]
         timeout = request.extensions.get("timeout") or {}
-        key = (timeout.get("pool"), timeout.get("connect"), timeout.get("read"))
-        client_timeout = self._timeouts.get(key)
-        if client_timeout is None:
-            client_timeout = self._timeouts[key] = aiohttp.ClientTimeout(
-                total=None, connect=key[0], sock_connect=key[1], sock_read=key[2]
-            )
+        read_timeout = timeout.get("read")
+        connection = self._idle_connection((scheme, host, port))
+        if connection is None:
+            connection = await self._connect(request, scheme, host, port, timeout, read_timeout)
         try:
-            response = await self.session.request(
-                request.method,
-                url,
-                headers=request.headers.multi_items(),
-                data=request.content or None,
-                allow_redirects=False,
-                timeout=client_timeout,
-            )
-        except (aiohttp.ClientError, OSError) as exc:
-            raise map_aiohttp_error(exc, request) from exc
-        extensions = {"http_version": b"HTTP/1.1"}
-        if response.reason:
-            extensions["reason_phrase"] = response.reason.encode("latin-1", "replace")
+            await connection.exchange(request_bytes(request))
+        except httpx.TransportError as exc:
+            connection.close()
+            self._open.discard(connection)
+            exc.request = request
+            raise
+        except BaseException:
+            connection.close()
+            self._open.discard(connection)
+            raise
+        extensions: dict[str, Any] = {
+            "http_version": b"HTTP/" + connection.http_version.encode("ascii"),
+            "pool_key": (scheme, host, port),
+        }
+        if connection.reason:
+            extensions["reason_phrase"] = connection.reason
         return httpx.Response(
-            status_code=response.status,
-            headers=response.raw_headers,
-            stream=AiohttpResponseStream(response, request),
+            status_code=connection.status,
+            headers=connection.headers,
+            stream=ConnectionStream(self, connection, request),
             request=request,
             extensions=extensions,
         )
 
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = ssl_context()
+        return self._ssl
+
+    def release(self, connection: HttpConnection) -> None:
+        if not connection.reusable:
+            connection.close()
+            self._open.discard(connection)
+            return
+        connection.idle_since = time.monotonic()
+        self._idle.setdefault(connection.key, []).append(connection)
+
+    def _idle_connection(self, key: tuple[bytes, str, int]) -> HttpConnection | None:
+        idle = self._idle.get(key)
+        now = time.monotonic()
+        while idle:
+            connection = idle.pop()
+            if not connection.closed and now - connection.idle_since < KEEPALIVE_SECONDS:
+                return connection
+            connection.close()
+            self._open.discard(connection)
+        return None
+
+    async def _connect(
+        self,
+        request: httpx.Request,
+        scheme: bytes,
+        host: str,
+        port: int,
+        timeout: dict[str, float | None],
+        read_timeout: float | None,
+    ) -> HttpConnection:
+        loop = asyncio.get_running_loop()
+        tls = scheme == b"https"
+        try:
+            async with asyncio.timeout(timeout.get("connect")):
+                addresses = await self._addresses(request, host, port)
+                last_error: OSError | None = None
+                for family, proto, address, address_port in addresses:
+                    try:
+                        _, connection = await loop.create_connection(
+                            lambda: HttpConnection(loop, read_timeout),
+                            host=address,
+                            port=address_port,
+                            family=family,
+                            proto=proto,
+                            ssl=self._tls_context() if tls else None,
+                            server_hostname=host if tls else None,
+                        )
+                        break
+                    except (ssl.SSLError, ssl.CertificateError) as exc:
+                        raise TLSError(_describe(exc), request=request) from exc
+                    except OSError as exc:
+                        last_error = exc
+                else:
+                    detail = _describe(last_error) if last_error else "no address to connect to"
+                    raise httpx.ConnectError(detail, request=request)
+        except TimeoutError as exc:
+            raise httpx.ConnectTimeout("connect timeout", request=request) from exc
+        connection.key = (scheme, host, port)
+        self._open.add(connection)
+        return connection
+
+    async def _addresses(self, request: httpx.Request, host: str, port: int) -> list[Address]:
+        """Where to connect: an IP literal once the guard allows it, or the vetted addresses
+        DNS returned (cached)."""
+        if self.guard is not None:
+            reason = self.guard.check_host(host)
+            if reason is not None:
+                raise BlockedAddress(reason, request=request)
+        if _is_ip_literal(host):
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            return [(family, socket.IPPROTO_TCP, host, port)]
+        now = time.monotonic()
+        cached = self._dns.get((host, port))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            if self._resolver is not None:
+                results = await self._resolver.resolve(host, port, socket.AF_UNSPEC)
+                addresses: list[Address] = [
+                    (r["family"], r["proto"], r["host"], r["port"]) for r in results
+                ]
+            else:
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    host, port, type=socket.SOCK_STREAM
+                )
+                addresses = [(info[0], info[2], info[4][0], info[4][1]) for info in infos]
+        except AddressBlockedError as exc:
+            raise BlockedAddress(exc.reason, request=request) from exc
+        except OSError as exc:
+            raise httpx.ConnectError(_describe(exc), request=request) from exc
+        self._dns[(host, port)] = (now + DNS_CACHE_SECONDS, addresses)
+        return addresses
+
     async def aclose(self) -> None:
-        await self.session.close()
+        for connection in list(self._open):
+            connection.close()
+        self._open.clear()
+        self._idle.clear()
+        if self._resolver is not None:
+            await self._resolver.close()
+
+
+def _is_ip_literal(host: str) -> bool:
+    if ":" in host:
+        return True
+    return host.replace(".", "").isdigit()
+
+
+def _describe(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 class IgnoredCookies(httpx.Cookies):
@@ -184,34 +264,6 @@ def ssl_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
-def build_session(settings: Settings, guard: Guard | None) -> aiohttp.ClientSession:
-    """The aiohttp session under the transport (must be called inside the event loop)."""
-    connector = aiohttp.TCPConnector(
-        resolver=guard.resolver() if guard is not None else None,
-        limit=settings.max_global_concurrency + 8,  # the fetcher's own slots are the real cap
-        limit_per_host=0,
-        ttl_dns_cache=DNS_CACHE_SECONDS,
-        keepalive_timeout=KEEPALIVE_SECONDS,
-        ssl=ssl_context(),
-    )
-    session = aiohttp.ClientSession(
-        connector=connector,
-        trust_env=False,
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        read_bufsize=READ_BUFSIZE,
-        raise_for_status=False,
-        skip_auto_headers=("User-Agent",),
-    )
-    # aiohttp silently re-sends an idempotent request once when the connection drops before
-    # the answer. The fetcher's retry policy owns re-sending (it counts attempts, backs off,
-    # feeds the circuit breaker), so turn that off; the short keep-alive above makes reusing
-    # a connection the server already closed unlikely.
-    if hasattr(session, "_retry_connection"):
-        session._retry_connection = False
-    return session
-
-
 def default_headers(settings: Settings) -> dict[str, str]:
     return {
         "User-Agent": settings.user_agent,
@@ -220,15 +272,15 @@ def default_headers(settings: Settings) -> dict[str, str]:
     }
 
 
-def build_transport(settings: Settings, guard: Guard | None) -> GuardedAiohttpTransport:
-    """The transport alone (call inside the event loop). The fetcher sends through it
-    directly: every request it builds is complete (headers, timeouts; no cookies, auth or
-    redirects to handle), so the client layer would only add work to each image."""
-    return GuardedAiohttpTransport(build_session(settings, guard), guard)
+def build_transport(settings: Settings, guard: Guard | None) -> GuardedTransport:
+    """The transport alone. The fetcher sends through it directly: every request it builds
+    is complete (headers, timeouts; no cookies, auth or redirects to handle), so the client
+    layer would only add work to each image."""
+    return GuardedTransport(guard, ssl_context=ssl_context())
 
 
 def build_client(settings: Settings, guard: Guard | None) -> httpx.AsyncClient:
-    """httpx.AsyncClient over `GuardedAiohttpTransport` (call inside the event loop)."""
+    """httpx.AsyncClient over `GuardedTransport` (call inside the event loop)."""
     transport = build_transport(settings, guard)
     client = httpx.AsyncClient(
         transport=transport,

@@ -33,7 +33,7 @@ import httpx
 from downloader.fetch.body import DECODE_STEP, SPOOL_BYTES, BodyReceiver
 from downloader.fetch.client import (
     BlockedAddress,
-    GuardedAiohttpTransport,
+    GuardedTransport,
     TLSError,
     build_transport,
     default_headers,
@@ -132,7 +132,7 @@ class Fetcher:
             write=settings.http_read_timeout,
             pool=None,
         ).as_dict()
-        self._transport: GuardedAiohttpTransport | None = None
+        self._transport: GuardedTransport | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -235,15 +235,23 @@ class ImageServer:
                 except Exception as exc:  # a broken test route answers 500, visibly
                     reply = Reply.text(500, f"route error: {exc!r}\n")
             record.status = reply.status
-            self._send(handler, reply)
+            self._send(handler, reply, lambda: self._finish(record))
         except OSError:
             handler.close_connection = True
         finally:
-            record.end = time.monotonic()
-            with self._lock:
-                self._active[host] -= 1
+            self._finish(record)
 
-    def _send(self, handler: _RequestHandler, reply: Reply) -> None:
+    def _finish(self, record: RequestRecord) -> None:
+        """The request stops counting as in progress: called just before its last bytes are
+        written (the client cannot have the whole answer earlier, so a client that waits for
+        it before its next request never overlaps), or when it ends otherwise."""
+        with self._lock:
+            if record.end is not None:
+                return
+            record.end = time.monotonic()
+            self._active[record.host] -= 1
+
+    def _send(self, handler: _RequestHandler, reply: Reply, finishing: Callable[[], None]) -> None:
         if reply.delay and self.stopping.wait(reply.delay):
             handler.close_connection = True
             return
@@ -277,19 +285,27 @@ class ImageServer:
         if handler.command == "HEAD":
             return
         out = handler.wfile
+        chunked = reply.chunked and reply.length is None
         first = True
-        for piece in pieces:
+        iterator = iter(pieces)
+        piece = next(iterator, None)
+        while piece is not None:
             if not first and reply.interval and self.stopping.wait(reply.interval):
                 handler.close_connection = True
                 return
             first = False
-            if reply.chunked and reply.length is None:
+            following = next(iterator, None)
+            if following is None and not chunked:
+                finishing()
+            if chunked:
                 if piece:
                     out.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
             else:
                 out.write(piece)
             out.flush()
-        if reply.chunked and reply.length is None:
+            piece = following
+        if chunked:
+            finishing()
             out.write(b"0\r\n\r\n")
             out.flush()
 

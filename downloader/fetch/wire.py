@@ -1,0 +1,218 @@
+"""One HTTP/1.1 client connection: an asyncio protocol with httptools' parser (llhttp).
+
+Why not aiohttp's client: per image it cost ~0.2 ms of CPU more than this (request objects,
+stream readers, timers, multidicts; benchmarks/bench_fetch.py, modes `transport` and `raw`),
+which was a sixth of a whole download on this project's benchmark. This is only the wire:
+connecting, the guard, pooling and the httpx API are in `client.py`.
+
+A connection carries one exchange at a time. The response's body arrives as the chunks the
+socket delivered; reading pauses while more than `HIGH_WATER` bytes wait to be consumed.
+The read timeout is the longest silence allowed while the caller waits for data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator
+
+import httptools
+import httpx
+
+HIGH_WATER = 2**19  # body bytes buffered before the socket stops being read
+CLOSE_DELIMITED = -1  # the body ends when the server closes (no length, not chunked)
+
+
+class TruncatedBody(httpx.RemoteProtocolError):
+    """The connection ended before the whole body (Content-Length or chunked) arrived."""
+
+
+class HttpConnection(asyncio.Protocol):
+    """A client connection; `exchange` sends a request and waits for the response's head."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout: float | None) -> None:
+        self._loop = loop
+        self._read_timeout = read_timeout
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._paused = False
+        self.closed = False
+        self.key: tuple[bytes, str, int] = (b"", "", 0)  # the pool's (scheme, host, port)
+        self.idle_since = 0.0
+        self._start_exchange()
+
+    def _start_exchange(self) -> None:
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.http_version = "1.1"
+        self.body_length: int | None = None  # CLOSE_DELIMITED, a Content-Length, or chunked
+        self._head_done = False
+        self.complete = False
+        self._keep_alive = False
+        self._error: BaseException | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(httpx.RemoteProtocolError("the server switched protocols"))
+        except httptools.HttpParserError as exc:
+            self._fail(httpx.RemoteProtocolError(f"malformed response ({exc})"))
+
+    def eof_received(self) -> bool:
+        return False  # close the transport: HTTP/1.1 has no half-closed use here
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.complete and self._error is None:
+            if self._head_done and self.body_length == CLOSE_DELIMITED and exc is None:
+                self.complete = True  # the server's close is the body's end
+            elif self._head_done:
+                self._error = TruncatedBody("the connection closed before the whole body arrived")
+            elif exc is not None:
+                self._error = httpx.ReadError(_describe(exc))
+            else:
+                self._error = httpx.RemoteProtocolError("server disconnected")
+        self._wake()
+
+    def pause_writing(self) -> None:  # a request is a few hundred bytes: nothing to pause
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # -- httptools callbacks ---------------------------------------------------------------
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        if 100 <= self.status < 200:  # an interim answer: the real head follows
+            self.reason = b""
+            self.headers = []
+            return
+        self.http_version = self._parser.get_http_version()
+        self.body_length = CLOSE_DELIMITED
+        for name, value in self.headers:
+            lowered = name.lower()
+            if lowered == b"content-length" and value.strip().isdigit():
+                self.body_length = int(value)
+            elif lowered == b"transfer-encoding":
+                self.body_length = None  # chunked: llhttp finds the end
+        self._head_done = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > HIGH_WATER and not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self._head_done:
+            # Asked now: llhttp resets its flags once this callback returns.
+            self._keep_alive = self._parser.should_keep_alive()
+            self.complete = True
+            self._wake()
+
+    # -- the caller's side -----------------------------------------------------------------
+
+    async def exchange(self, request: bytes) -> None:
+        """Send `request` and wait for the response's head (status, reason, headers)."""
+        self._start_exchange()
+        assert self._transport is not None
+        self._transport.write(request)
+        while not self._head_done:
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The body's chunks as they arrive; ends at the body's end or raises its error."""
+        while True:
+            while self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._paused and self._buffered <= HIGH_WATER // 2:
+                    self._paused = False
+                    if self._transport is not None and not self.closed:
+                        self._transport.resume_reading()
+                yield chunk
+            if self.complete:
+                return
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+
+    @property
+    def reusable(self) -> bool:
+        """The exchange ended cleanly and the server keeps the connection open."""
+        return self.complete and self._keep_alive and not self.closed and not self._chunks
+
+    def close(self) -> None:
+        self.closed = True
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    async def _wait(self) -> None:
+        waiter = self._waiter = self._loop.create_future()
+        if self._read_timeout is not None:
+            self._timer = self._loop.call_later(self._read_timeout, self._timed_out, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def _timed_out(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.set_exception(httpx.ReadTimeout("the server stopped sending"))
+        self.close()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, error: BaseException) -> None:
+        if self._error is None:
+            self._error = error
+        self.close()
+        self._wake()
+
+
+def _describe(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def request_bytes(request: httpx.Request) -> bytes:
+    """The request's head (and body, if it has one) as sent on the wire."""
+    target = request.url.raw_path or b"/"
+    lines = [request.method.encode("ascii") + b" " + target + b" HTTP/1.1\r\n"]
+    for name, value in request.headers.raw:
+        lines.append(name + b": " + value + b"\r\n")
+    lines.append(b"\r\n")
+    body = request.content if isinstance(request.stream, httpx.ByteStream) else b""
+    if body:
+        lines.append(body)
+    return b"".join(lines)
