@@ -219,13 +219,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Queue the input (or find its unfinished job), then download it to the end.
 
-    The two phases run in one process image each: after queueing, `run` re-executes itself
-    (same pid, so signals and process-tree measurements are unaffected) for the download
-    phase, which then never carries pandas, pyarrow or the parsed table (~150 MB at 100,000
-    rows) beside its engines.
+    A big input (or standard input) is parsed in one process image and downloaded in another:
+    after queueing, `run` re-executes itself (same pid, so signals and process-tree
+    measurements are unaffected), so its engine never carries pandas, pyarrow or the parsed
+    table (~150 MB at 100,000 rows). A small input file (run_helpers.EARLY_MAX_INPUT_BYTES)
+    is downloaded by the same process image: its table is small, and loading the engine's code
+    a second time would cost more than half a second of a short job.
     """
     started = args.started if args.started is not None else time.time()
-    early = _spawn_early_helpers(args) if args.job is None else []
+    small_input = args.job is None and _is_small_input_file(args)
+    early = _spawn_early_helpers(args) if small_input else []
     from downloader import jobs
 
     services = _services(args)
@@ -248,24 +251,28 @@ def cmd_run(args: argparse.Namespace) -> int:
                 fingerprint=fingerprint,
             ).id
         del parsed
-        if os.name == "posix":
-            _exec_download_phase(args, services, job_id, started, early)
+        if os.name == "posix" and not small_input:
+            _exec_download_phase(args, services, job_id, started)
     else:
         job_id = jobs.get_job(services.db, args.job).id
-    return _download_phase(args, services, job_id, started)
+    return _download_phase(args, services, job_id, started, early)
+
+
+def _is_small_input_file(args: argparse.Namespace) -> bool:
+    from downloader.run_helpers import EARLY_MAX_INPUT_BYTES
+
+    if os.name != "posix" or args.input in (None, "-"):
+        return False
+    try:
+        return Path(args.input).stat().st_size <= EARLY_MAX_INPUT_BYTES
+    except OSError:
+        return False  # reported by the parser
 
 
 def _spawn_early_helpers(args: argparse.Namespace) -> list[Helper]:
-    """Helpers started before a small input is read (run_helpers); [] when not worth it."""
-    from downloader.run_helpers import EARLY_MAX_INPUT_BYTES, spawn_waiting_helpers
+    """Helpers started before a small input is read (run_helpers)."""
+    from downloader.run_helpers import spawn_waiting_helpers
 
-    if os.name != "posix" or args.input in (None, "-"):
-        return []
-    try:
-        if Path(args.input).stat().st_size > EARLY_MAX_INPUT_BYTES:
-            return []
-    except OSError:
-        return []  # reported by the parser
     settings = _settings(args)
     wanted = args.processes or settings.run_processes or os.cpu_count() or 1
     return spawn_waiting_helpers(
@@ -274,14 +281,9 @@ def _spawn_early_helpers(args: argparse.Namespace) -> list[Helper]:
 
 
 def _exec_download_phase(
-    args: argparse.Namespace,
-    services: Services,
-    job_id: str,
-    started: float,
-    early: list[Helper],
+    args: argparse.Namespace, services: Services, job_id: str, started: float
 ) -> None:
     from downloader import jobs
-    from downloader.run_helpers import assign_helpers
 
     settings = services.settings
     argv = [sys.executable, "-m", "downloader", "run", "--job", job_id, "--started", repr(started)]
@@ -289,11 +291,7 @@ def _exec_download_phase(
     argv += ["--media-root", settings.media_root]
     processes = _process_count(args, services, jobs.job_counts(services.db, job_id).pending)
     argv += ["--processes", str(processes)]
-    helpers = early
-    if early:  # already loaded: give the job to as many as are useful, the others exit
-        assign_helpers(early, job_id, 1.0 / processes, used=processes - 1)
-    elif processes > 1:  # started now, so their start-up overlaps the exec's (run_helpers)
-        helpers = _spawn_helpers(settings, job_id, processes)
+    helpers = _spawn_helpers(settings, job_id, processes)  # their start-up overlaps the exec's
     if helpers:
         argv += ["--helpers", ",".join(str(helper.pid) for helper in helpers)]
     if args.quiet:
@@ -305,11 +303,15 @@ def _exec_download_phase(
 
 
 def _download_phase(
-    args: argparse.Namespace, services: Services, job_id: str, started: float
+    args: argparse.Namespace,
+    services: Services,
+    job_id: str,
+    started: float,
+    early: list[Helper],
 ) -> int:
     from downloader import jobs
     from downloader.engine import Engine
-    from downloader.run_helpers import adopt_helpers
+    from downloader.run_helpers import adopt_helpers, assign_helpers
     from downloader.services import run_engine_until_stopped
 
     if args.helpers is not None:  # started before the exec, with their share
@@ -318,7 +320,11 @@ def _download_phase(
     else:
         pending = jobs.job_counts(services.db, job_id).pending
         processes = _process_count(args, services, pending)
-        helpers = _spawn_helpers(services.settings, job_id, processes)
+        if early:  # already loaded: give the job to as many as are useful, the others exit
+            assign_helpers(early, job_id, 1.0 / processes, used=processes - 1)
+            helpers = early
+        else:
+            helpers = _spawn_helpers(services.settings, job_id, processes)
     share = 1.0 / processes
     engine = Engine(
         services.db, services.storage, services.settings, kind="run", job_id=job_id, share=share

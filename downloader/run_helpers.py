@@ -1,12 +1,12 @@
 """`run`'s helper processes: extra engines beside the one in `run` itself, one per further core
 (`python -m downloader worker --job ID --until-idle --share S`).
 
-Their start-up (~0.7 s of CPU each: SQLAlchemy, aiohttp, httpx) should not delay the download:
+Their start-up (~0.6 s of CPU each: SQLAlchemy, SQLModel, httpx) should not delay the download:
 
 * for a small input file (up to EARLY_MAX_INPUT_BYTES) `run` starts them before it reads the
   input; they load their code on the other core meanwhile, then wait on standard input for the
-  job id (`--job-from-stdin`). A big input is read first: the parser's peak memory and a
-  helper's would add up.
+  job id (`--job-from-stdin`); `run` then downloads in the same process image. A big input is
+  read first: the parser's peak memory and a helper's would add up.
 * otherwise `run` starts them with the job id just before it re-executes itself for its
   download phase, so their start-up overlaps the re-executed process's own.
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import psutil
 import pytest
 
 from tests.support.imageserver import ImageServer
-from tests.test_cli import Cli, add_slow_images, last_json, write_input
+from tests.test_cli import ROOT, Cli, add_slow_images, last_json, write_input
 
 WAITING_FLAG = "--job-from-stdin"
 
@@ -102,4 +104,61 @@ def test_waiting_helpers_exit_when_not_needed_or_when_the_input_is_unusable(
     bad.write_text("Product Number,Image URL\nP1,not a url\n")
     result = cli("run", str(bad), "--processes", "2", "--quiet")
     assert result.returncode == 2 and "Traceback" not in result.stderr
+    wait_gone(cli.db_path)
+
+
+def _watch(run: subprocess.Popen[str], cli: Cli) -> tuple[list[list[str]], set[int]]:
+    """Every distinct command line the `run` process had (an exec changes it), and the pids
+    of the engines that registered while it ran."""
+    seen: list[list[str]] = []
+    registered: set[int] = set()
+    parent = psutil.Process(run.pid)
+    deadline = time.monotonic() + 60
+    while run.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
+            cmdline = parent.cmdline()
+            if cmdline and cmdline not in seen:
+                seen.append(cmdline)
+        if cli.db_path.exists():
+            with contextlib.suppress(sqlite3.OperationalError):  # no schema yet
+                registered |= {int(pid) for (pid,) in cli.sql("SELECT pid FROM worker")}
+        time.sleep(0.02)
+    return seen, registered
+
+
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_a_small_file_is_downloaded_without_a_re_exec_a_stream_after_one(
+    tmp_path: Path, image_server: ImageServer, source: str
+) -> None:
+    """A small input file is parsed and downloaded by one process image (loading the engine's
+    code twice would cost a short job half a second); standard input may be big, so `run`
+    re-executes itself after queueing it. Both finish the job with their helper."""
+    s = image_server
+    add_slow_images(s, f"exec-{source}", delay=0.1)
+    total = 500  # a second process is worth it
+    rows = [(f"P{i // 5}", s.url(f"/exec-{source}/{i}.jpg", host=i % 3)) for i in range(total)]
+    src = write_input(tmp_path / "in.csv", rows)
+    cli = Cli(tmp_path)
+    arguments = ["run", str(src) if source == "file" else "-", "--processes", "2", "--quiet"]
+    run = subprocess.Popen(
+        [sys.executable, "-m", "downloader", *arguments],
+        cwd=ROOT,
+        env={**cli.env, "MAX_GLOBAL_CONCURRENCY": "8"},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert run.stdin is not None
+    if source == "stdin":
+        run.stdin.write(src.read_text())
+    run.stdin.close()
+    cmdlines, registered = _watch(run, cli)
+    stdout = run.stdout.read() if run.stdout else ""
+    stderr = run.stderr.read() if run.stderr else ""
+    assert run.wait(timeout=60) == 0, stderr
+    assert last_json(stdout)["done"] == total
+    assert len(registered) == 2, "run's own engine and its helper"
+    re_executed = any("--job" in cmdline for cmdline in cmdlines)
+    assert re_executed == (source == "stdin"), cmdlines
     wait_gone(cli.db_path)
