@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import shutil
 import tempfile
@@ -25,6 +26,7 @@ TEMP_DIR_NAME = ".tmp"
 
 
 MADE_FOLDERS_KEPT = 4096
+PART_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 class LocalStorage:
@@ -39,7 +41,9 @@ class LocalStorage:
         # claimed in order, so a few thousand recent ones save nearly every mkdir. Strings,
         # not Paths (a Path costs ~10x the memory: 50,000 of them were 25 MB).
         self._made_folders: set[str] = set()
+        self._root = str(self.root)
         self._temp_root = str(self.root / TEMP_DIR_NAME)
+        self._part_numbers = itertools.count()
 
     def __repr__(self) -> str:
         return f"LocalStorage({str(self.root)!r})"
@@ -67,42 +71,55 @@ class LocalStorage:
         """Publish `data` under `key` atomically: written to a `.part` file in the temp folder,
         then renamed into place, so a file at a final key is never half-written (a crash
         mid-write leaves only a `.part` file, which `clean_temp` removes)."""
-        prefix = f"{os.getpid()}-"
-        try:
-            fd, staging = tempfile.mkstemp(suffix=".part", prefix=prefix, dir=self._own_temp())
-        except FileNotFoundError:  # the temp folder is made on first use
-            fd, staging = tempfile.mkstemp(suffix=".part", prefix=prefix, dir=self.temp_dir())
+        fd, staging = self._new_part_file()
         try:
             try:
                 write_all(fd, data)
             finally:
                 os.close(fd)
-            self.put(Path(staging), key)
+            self.put(staging, key)
         except BaseException:
-            Path(staging).unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staging)
             raise
 
-    def put(self, temp_path: Path, key: str, content_type: str | None = None) -> None:
-        target = self.path(key)
-        folder = target.parent
-        if (name := str(folder)) not in self._made_folders:
-            folder.mkdir(parents=True, exist_ok=True)
+    def _new_part_file(self) -> tuple[int, str]:
+        """A new `<pid>-<n>.part` in this process's temp folder, opened for writing. Numbered,
+        not random: tempfile's random names cost more than the rest of the open."""
+        pid = os.getpid()
+        name = f"{self._temp_root}/{pid}/{pid}-{next(self._part_numbers)}.part"
+        try:
+            return os.open(name, PART_FLAGS, 0o600), name
+        except FileNotFoundError:  # the temp folder is made on first use
+            self.temp_dir()
+        except FileExistsError:  # left by an earlier process that had this pid
+            pass
+        return tempfile.mkstemp(suffix=".part", prefix=f"{pid}-", dir=self._own_temp())
+
+    def put(
+        self, temp_path: str | os.PathLike[str], key: str, content_type: str | None = None
+    ) -> None:
+        # Strings, not Paths: this runs once per image on the engine's event loop.
+        target = f"{self._root}/{check_key(key)}"
+        folder = target.rpartition("/")[0]
+        if folder not in self._made_folders:
+            os.makedirs(folder, exist_ok=True)
             if len(self._made_folders) >= MADE_FOLDERS_KEPT:
                 self._made_folders.clear()
-            self._made_folders.add(name)
+            self._made_folders.add(folder)
         try:
             try:
                 os.replace(temp_path, target)
             except FileNotFoundError:
-                if not Path(temp_path).exists():
+                if not os.path.exists(temp_path):
                     raise
-                folder.mkdir(parents=True, exist_ok=True)  # removed since we made it
+                os.makedirs(folder, exist_ok=True)  # removed since we made it
                 os.replace(temp_path, target)
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
             # temp_path is on another filesystem: copy next to the target first, then rename.
-            self._copy_then_replace(Path(temp_path), target)
+            self._copy_then_replace(Path(temp_path), Path(target))
 
     def _copy_then_replace(self, source: Path, target: Path) -> None:
         fd, staging = tempfile.mkstemp(
