@@ -31,6 +31,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import httpx
 
 ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
 FILES = 256
@@ -169,6 +173,17 @@ async def mode_httpx_aiohttp(items: list[str], concurrency: int) -> float:
         return await run_pool(get, items, concurrency)
 
 
+async def _hash_body(response: httpx.Response) -> None:
+    """Read a streamed response's body, hashing it as the fetcher would, then close it."""
+    digest = hashlib.sha256()
+    try:
+        async for chunk in response.aiter_raw():
+            digest.update(chunk)
+    finally:
+        await response.aclose()
+    assert response.status_code == 200
+
+
 async def mode_guarded(items: list[str], concurrency: int) -> float:
     import httpx
 
@@ -182,15 +197,7 @@ async def mode_guarded(items: list[str], concurrency: int) -> float:
     async with build_client(settings, Guard(settings)) as client:
 
         async def get(url: str) -> None:
-            digest = hashlib.sha256()
-            request = httpx.Request("GET", url)
-            response = await client.send(request, stream=True)
-            try:
-                async for chunk in response.aiter_raw():
-                    digest.update(chunk)
-            finally:
-                await response.aclose()
-            assert response.status_code == 200
+            await _hash_body(await client.send(httpx.Request("GET", url), stream=True))
 
         return await run_pool(get, items, concurrency)
 
@@ -249,15 +256,7 @@ async def mode_transport(items: list[str], concurrency: int) -> float:
     transport = build_transport(settings, Guard(settings))
 
     async def get(url: str) -> None:
-        digest = hashlib.sha256()
-        request = httpx.Request("GET", url)
-        response = await transport.handle_async_request(request)
-        try:
-            async for chunk in response.aiter_raw():
-                digest.update(chunk)
-        finally:
-            await response.aclose()
-        assert response.status_code == 200
+        await _hash_body(await transport.handle_async_request(httpx.Request("GET", url)))
 
     try:
         return await run_pool(get, items, concurrency)
