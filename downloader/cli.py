@@ -310,9 +310,7 @@ def _download_phase(
     early: list[Helper],
 ) -> int:
     from downloader import jobs
-    from downloader.engine import Engine
     from downloader.run_helpers import adopt_helpers, assign_helpers
-    from downloader.services import run_engine_until_stopped
 
     if args.helpers is not None:  # started before the exec, with their share
         processes = args.processes
@@ -325,6 +323,10 @@ def _download_phase(
             helpers = early
         else:
             helpers = _spawn_helpers(services.settings, job_id, processes)
+    # Loaded only now: the helpers start on their share while this process loads its engine.
+    from downloader.engine import Engine
+    from downloader.services import run_engine_until_stopped
+
     share = 1.0 / processes
     engine = Engine(
         services.db, services.storage, services.settings, kind="run", job_id=job_id, share=share
