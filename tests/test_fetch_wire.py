@@ -267,3 +267,42 @@ def test_a_refused_connection_is_a_connect_error() -> None:
             await get(transport, server.url())
 
     run([], scenario)
+
+
+def test_an_answer_to_head_has_no_body_and_its_connection_is_not_reused() -> None:
+    async def scenario(transport: httpx.AsyncBaseTransport, server: ScriptedServer) -> None:
+        request = httpx.Request(
+            "HEAD", server.url(), extensions={"timeout": {"connect": 5.0, "read": 1.0}}
+        )
+        response = await transport.handle_async_request(request)
+        assert response.status_code == 200
+        assert response.headers["content-length"] == "5000"
+        assert await response.aread() == b""  # at once, not after the read timeout
+        await response.aclose()
+        _, got = await get(transport, server.url())
+        assert got == b"after"
+
+    server = run([b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n", ok(b"after")], scenario)
+    assert server.connections == 2
+
+
+def test_a_pooled_connection_that_receives_stray_bytes_is_dropped() -> None:
+    """Bytes nobody asked for (here half of an answer) would otherwise be read as the start of
+    the next answer on that connection."""
+
+    async def answer_then_stray(writer: asyncio.StreamWriter) -> None:
+        writer.write(ok(b"first"))
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nstray")
+        await writer.drain()
+
+    async def scenario(transport: httpx.AsyncBaseTransport, server: ScriptedServer) -> None:
+        _, got = await get(transport, server.url())
+        assert got == b"first"
+        await asyncio.sleep(0.3)  # the stray bytes arrive while the connection is pooled
+        _, got = await get(transport, server.url())
+        assert got == b"good"
+
+    server = run([answer_then_stray, ok(b"good")], scenario)
+    assert server.connections == 2

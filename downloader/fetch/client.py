@@ -112,7 +112,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         if connection is None:
             connection = await self._connect(request, scheme, host, port, timeout, read_timeout)
         try:
-            await connection.exchange(request_bytes(request))
+            await connection.exchange(request_bytes(request), head_only=request.method == "HEAD")
         except httpx.TransportError as exc:
             connection.close()
             self._open.discard(connection)
@@ -146,6 +146,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
             connection.close()
             self._open.discard(connection)
             return
+        connection.idle = True
         connection.idle_since = time.monotonic()
         self._idle.setdefault(connection.key, []).append(connection)
 
@@ -155,6 +156,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         while idle:
             connection = idle.pop()
             if not connection.closed and now - connection.idle_since < KEEPALIVE_SECONDS:
+                connection.idle = False
                 return connection
             connection.close()
             self._open.discard(connection)

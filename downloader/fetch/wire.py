@@ -41,11 +41,13 @@ class HttpConnection(asyncio.Protocol):
         self._buffered = 0
         self._paused = False
         self.closed = False
+        self.idle = False  # pooled between exchanges: any byte arriving now is a stray
         self.key: tuple[bytes, str, int] = (b"", "", 0)  # the pool's (scheme, host, port)
         self.idle_since = 0.0
         self._start_exchange()
 
-    def _start_exchange(self) -> None:
+    def _start_exchange(self, head_only: bool = False) -> None:
+        self._head_only = head_only  # an answer to HEAD: no body, whatever its headers say
         self.status = 0
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -62,6 +64,9 @@ class HttpConnection(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
+        if self.idle:  # nothing was asked: the connection cannot be trusted any more
+            self.close()
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -114,6 +119,10 @@ class HttpConnection(asyncio.Protocol):
             elif lowered == b"transfer-encoding":
                 self.body_length = None  # chunked: llhttp finds the end
         self._head_done = True
+        if self._head_only:
+            # llhttp would wait for the announced body; this connection is not reused.
+            self.complete = True
+            self._keep_alive = False
         self._wake()
 
     def on_body(self, body: bytes) -> None:
@@ -125,7 +134,7 @@ class HttpConnection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
-        if self._head_done:
+        if self._head_done and not self._head_only:
             # Asked now: llhttp resets its flags once this callback returns.
             self._keep_alive = self._parser.should_keep_alive()
             self.complete = True
@@ -133,9 +142,10 @@ class HttpConnection(asyncio.Protocol):
 
     # -- the caller's side -----------------------------------------------------------------
 
-    async def exchange(self, request: bytes) -> None:
-        """Send `request` and wait for the response's head (status, reason, headers)."""
-        self._start_exchange()
+    async def exchange(self, request: bytes, *, head_only: bool = False) -> None:
+        """Send `request` and wait for the response's head (status, reason, headers);
+        `head_only` for a HEAD request, whose answer has no body."""
+        self._start_exchange(head_only)
         assert self._transport is not None
         self._transport.write(request)
         while not self._head_done:
