@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 import pytest
 
+from downloader.fetch import client
 from downloader.fetch.client import TruncatedBody, build_transport
 from downloader.fetch.wire import HIGH_WATER
 from downloader.guard import Guard
@@ -26,6 +27,7 @@ class ScriptedServer:
     def __init__(self, replies: list[Reply]) -> None:
         self.replies = list(replies)
         self.connections = 0
+        self.closed_by_client = 0  # connections whose client hung up first
         self.requests: list[bytes] = []
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -56,7 +58,11 @@ class ScriptedServer:
                     await reply(writer)
                 if writer.is_closing():
                     return
-        except (asyncio.IncompleteReadError, ConnectionError):
+            await reader.read()  # the script is done: wait for the client to hang up
+            self.closed_by_client += 1
+        except asyncio.IncompleteReadError:
+            self.closed_by_client += 1
+        except ConnectionError:
             pass
         finally:
             writer.close()
@@ -306,3 +312,25 @@ def test_a_pooled_connection_that_receives_stray_bytes_is_dropped() -> None:
 
     server = run([answer_then_stray, ok(b"good")], scenario)
     assert server.connections == 2
+
+
+def test_idle_connections_past_their_keep_alive_are_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not only when their host is asked again: a job over many hosts would otherwise keep a
+    socket open per host."""
+    monkeypatch.setattr(client, "KEEPALIVE_SECONDS", 0.2)
+
+    async def scenario(transport: httpx.AsyncBaseTransport, server: ScriptedServer) -> None:
+        async with ScriptedServer([ok(b"other")]) as other:
+            _, got = await get(transport, other.url())
+            assert got == b"other"
+            await asyncio.sleep(0.1)
+            assert other.closed_by_client == 0  # still pooled
+            await asyncio.sleep(0.3)
+            _, got = await get(transport, server.url())  # another host's exchange
+            assert got == b"here"
+            await asyncio.sleep(0.1)
+            assert other.closed_by_client == 1  # the expired one was closed meanwhile
+
+    run([ok(b"here")], scenario)

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 import certifi
 import httpx
 
-from downloader.fetch.wire import HttpConnection, TruncatedBody, request_bytes
-from downloader.guard import AddressBlockedError, Guard, GuardedResolver
+from downloader.fetch.wire import HttpConnection, TruncatedBody, describe_os_error, request_bytes
+from downloader.guard import AddressBlockedError, Guard, GuardedResolver, parse_ip_host
 
 if TYPE_CHECKING:
     from downloader.settings import Settings
@@ -96,6 +96,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         self._idle: dict[tuple[bytes, str, int], list[HttpConnection]] = {}
         self._open: set[HttpConnection] = set()
         self._dns: dict[tuple[str, int], tuple[float, list[Address]]] = {}
+        self._next_sweep = 0.0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
@@ -107,20 +108,15 @@ class GuardedTransport(httpx.AsyncBaseTransport):
             raise httpx.UnsupportedProtocol("the URL has no host", request=request)
         port = url.port or DEFAULT_PORTS[scheme]
         timeout = request.extensions.get("timeout") or {}
-        read_timeout = timeout.get("read")
         connection = self._idle_connection((scheme, host, port))
         if connection is None:
-            connection = await self._connect(request, scheme, host, port, timeout, read_timeout)
+            connection = await self._connect(request, scheme, host, port, timeout)
         try:
             await connection.exchange(request_bytes(request), head_only=request.method == "HEAD")
-        except httpx.TransportError as exc:
-            connection.close()
-            self._open.discard(connection)
-            exc.request = request
-            raise
-        except BaseException:
-            connection.close()
-            self._open.discard(connection)
+        except BaseException as exc:
+            self._drop(connection)
+            if isinstance(exc, httpx.TransportError):
+                exc.request = request
             raise
         extensions: dict[str, Any] = {
             "http_version": b"HTTP/" + connection.http_version.encode("ascii"),
@@ -143,12 +139,14 @@ class GuardedTransport(httpx.AsyncBaseTransport):
 
     def release(self, connection: HttpConnection) -> None:
         if not connection.reusable:
-            connection.close()
-            self._open.discard(connection)
+            self._drop(connection)
             return
+        now = time.monotonic()
         connection.idle = True
-        connection.idle_since = time.monotonic()
+        connection.idle_since = now
         self._idle.setdefault(connection.key, []).append(connection)
+        if now >= self._next_sweep:
+            self._sweep(now)
 
     def _idle_connection(self, key: tuple[bytes, str, int]) -> HttpConnection | None:
         idle = self._idle.get(key)
@@ -158,9 +156,26 @@ class GuardedTransport(httpx.AsyncBaseTransport):
             if not connection.closed and now - connection.idle_since < KEEPALIVE_SECONDS:
                 connection.idle = False
                 return connection
-            connection.close()
-            self._open.discard(connection)
+            self._drop(connection)
         return None
+
+    def _sweep(self, now: float) -> None:
+        """Close the idle connections past their keep-alive (at most once per keep-alive
+        period): a job over thousands of hosts would otherwise hold a socket per host."""
+        self._next_sweep = now + KEEPALIVE_SECONDS
+        for key, idle in list(self._idle.items()):
+            kept = [c for c in idle if not c.closed and now - c.idle_since < KEEPALIVE_SECONDS]
+            for connection in idle:
+                if connection not in kept:
+                    self._drop(connection)
+            if kept:
+                self._idle[key] = kept
+            else:
+                del self._idle[key]
+
+    def _drop(self, connection: HttpConnection) -> None:
+        connection.close()
+        self._open.discard(connection)
 
     async def _connect(
         self,
@@ -169,7 +184,6 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         host: str,
         port: int,
         timeout: dict[str, float | None],
-        read_timeout: float | None,
     ) -> HttpConnection:
         loop = asyncio.get_running_loop()
         tls = scheme == b"https"
@@ -180,7 +194,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
                 for family, proto, address, address_port in addresses:
                     try:
                         _, connection = await loop.create_connection(
-                            lambda: HttpConnection(loop, read_timeout),
+                            lambda: HttpConnection(loop, timeout.get("read")),
                             host=address,
                             port=address_port,
                             family=family,
@@ -190,11 +204,13 @@ class GuardedTransport(httpx.AsyncBaseTransport):
                         )
                         break
                     except (ssl.SSLError, ssl.CertificateError) as exc:
-                        raise TLSError(_describe(exc), request=request) from exc
+                        raise TLSError(describe_os_error(exc), request=request) from exc
                     except OSError as exc:
                         last_error = exc
                 else:
-                    detail = _describe(last_error) if last_error else "no address to connect to"
+                    detail = (
+                        describe_os_error(last_error) if last_error else "no address to connect to"
+                    )
                     raise httpx.ConnectError(detail, request=request)
         except TimeoutError as exc:
             raise httpx.ConnectTimeout("connect timeout", request=request) from exc
@@ -209,9 +225,10 @@ class GuardedTransport(httpx.AsyncBaseTransport):
             reason = self.guard.check_host(host)
             if reason is not None:
                 raise BlockedAddress(reason, request=request)
-        if _is_ip_literal(host):
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            return [(family, socket.IPPROTO_TCP, host, port)]
+        literal = parse_ip_host(host)
+        if literal is not None:
+            family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+            return [(family, socket.IPPROTO_TCP, str(literal), port)]
         now = time.monotonic()
         cached = self._dns.get((host, port))
         if cached is not None and cached[0] > now:
@@ -230,7 +247,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         except AddressBlockedError as exc:
             raise BlockedAddress(exc.reason, request=request) from exc
         except OSError as exc:
-            raise httpx.ConnectError(_describe(exc), request=request) from exc
+            raise httpx.ConnectError(describe_os_error(exc), request=request) from exc
         self._dns[(host, port)] = (now + DNS_CACHE_SECONDS, addresses)
         return addresses
 
@@ -241,16 +258,6 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         self._idle.clear()
         if self._resolver is not None:
             await self._resolver.close()
-
-
-def _is_ip_literal(host: str) -> bool:
-    if ":" in host:
-        return True
-    return host.replace(".", "").isdigit()
-
-
-def _describe(exc: BaseException) -> str:
-    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 class IgnoredCookies(httpx.Cookies):

@@ -85,7 +85,7 @@ class HttpConnection(asyncio.Protocol):
             elif self._head_done:
                 self._error = TruncatedBody("the connection closed before the whole body arrived")
             elif exc is not None:
-                self._error = httpx.ReadError(_describe(exc))
+                self._error = httpx.ReadError(describe_os_error(exc))
             else:
                 self._error = httpx.RemoteProtocolError("server disconnected")
         self._wake()
@@ -211,7 +211,8 @@ class HttpConnection(asyncio.Protocol):
         self._wake()
 
 
-def _describe(exc: BaseException) -> str:
+def describe_os_error(exc: BaseException) -> str:
+    """The OS's own wording ('Connection refused') when there is one."""
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
