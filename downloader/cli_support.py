@@ -1,0 +1,90 @@
+"""What the CLI's commands share: exit codes, the one-line error, settings and services from
+the command line, reading an input file, and the JSON line each command ends with."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from downloader.errors import UserError
+from downloader.settings import load_settings
+
+if TYPE_CHECKING:
+    from downloader.inputs import ParsedInput
+    from downloader.services import Services
+    from downloader.settings import Settings
+
+EXIT_OK = 0
+EXIT_UNHEALTHY = 1
+EXIT_USAGE = 2
+
+
+class CliError(UserError):
+    """A readable one-line problem; exit code 2."""
+
+
+def settings_for(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "database_url", None):
+        overrides["database_url"] = args.database_url
+    if getattr(args, "media_root", None):
+        overrides["media_root"] = args.media_root
+    return load_settings(**overrides)
+
+
+def services_for(args: argparse.Namespace) -> Services:
+    from downloader.services import build_services
+
+    return build_services(settings_for(args))
+
+
+def parse_input(args: argparse.Namespace, max_rows: int) -> ParsedInput:
+    from downloader.inputs import parse_bytes, parse_path
+
+    options = {
+        "sheet": args.sheet,
+        "product_column": args.product_column,
+        "url_column": args.url_column,
+        "max_rows": max_rows,
+    }
+    if args.input == "-":
+        parsed = parse_bytes(sys.stdin.buffer.read(), "stdin.csv", **options)
+    else:
+        path = Path(args.input)
+        if not path.is_file():
+            raise CliError(f"{args.input}: no such file")
+        parsed = parse_path(path, **options)
+    for rejected in parsed.rejected[:20]:
+        print(f"row {rejected.row}: {rejected.reason}", file=sys.stderr)
+    if len(parsed.rejected) > 20:
+        print(f"… and {len(parsed.rejected) - 20} more rejected rows", file=sys.stderr)
+    if not len(parsed.frame):
+        raise CliError("no valid rows to download")
+    return parsed
+
+
+def emit(payload: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(payload) + "\n")
+    sys.stdout.flush()
+
+
+def counts_payload(services: Services, job_id: str) -> dict[str, Any]:
+    from downloader import jobs
+
+    summary = jobs.job_summary(services.db, job_id)
+    counts = summary.counts
+    return {
+        "job_id": job_id,
+        "products": summary.job.products,
+        "images": summary.job.images,
+        "done": counts.done,
+        "duplicate": counts.duplicate,
+        "failed": counts.failed,
+    }
+
+
+def source_name(args: argparse.Namespace) -> str:
+    return "standard input" if args.input == "-" else Path(args.input).name
