@@ -10,15 +10,16 @@ import os
 from pathlib import Path
 from uuid import uuid4
 
+from downloader.storage.base import NEW_FILE_FLAGS
+
 TEMP_SUFFIX = ".part"
-_O_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 def create_temp_file(temp_dir: Path, pid: int) -> tuple[Path, int]:
     """A new, exclusively created ``<pid>-<uuid>.part`` file in temp_dir and its descriptor."""
     path = temp_dir / f"{pid}-{uuid4().hex}{TEMP_SUFFIX}"
     try:
-        return path, os.open(path, _O_FLAGS, 0o600)
+        return path, os.open(path, NEW_FILE_FLAGS, 0o600)
     except FileNotFoundError:  # removed by an engine of this process that stopped
         temp_dir.mkdir(parents=True, exist_ok=True)
-        return path, os.open(path, _O_FLAGS, 0o600)
+        return path, os.open(path, NEW_FILE_FLAGS, 0o600)

@@ -186,6 +186,10 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
+# A new file, opened for writing only if nobody else made it (temp and `.part` files).
+NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+
 def write_all(fd: int, data: bytes) -> None:
     """os.write until all of `data` is written (it may write less: signals, full pipes);
     the slice copy is only paid then."""

@@ -14,6 +14,7 @@ from typing import BinaryIO
 
 from downloader.storage.base import (
     DEFAULT_CHUNK_SIZE,
+    NEW_FILE_FLAGS,
     StorageError,
     check_key,
     check_prefix,
@@ -26,7 +27,6 @@ TEMP_DIR_NAME = ".tmp"
 
 
 MADE_FOLDERS_KEPT = 4096
-PART_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 class LocalStorage:
@@ -87,9 +87,9 @@ class LocalStorage:
         """A new `<pid>-<n>.part` in this process's temp folder, opened for writing. Numbered,
         not random: tempfile's random names cost more than the rest of the open."""
         pid = os.getpid()
-        name = f"{self._temp_root}/{pid}/{pid}-{next(self._part_numbers)}.part"
+        name = f"{self._own_temp()}/{pid}-{next(self._part_numbers)}.part"
         try:
-            return os.open(name, PART_FLAGS, 0o600), name
+            return os.open(name, NEW_FILE_FLAGS, 0o600), name
         except FileNotFoundError:  # the temp folder is made on first use
             self.temp_dir()
         except FileExistsError:  # left by an earlier process that had this pid
