@@ -8,10 +8,10 @@ Three layers, all driven by one `Guard`:
 * `check_address`: one resolved address. Loopback, private (RFC 1918), link-local, CGNAT,
   multicast, reserved, unspecified, broadcast and cloud-metadata addresses are refused; IPv6
   wrappers (IPv4-mapped, NAT64, 6to4, Teredo) are unwrapped and the embedded IPv4 re-checked.
-* `GuardedResolver`: an aiohttp resolver that vets every address DNS returns and hands aiohttp
+* `GuardedResolver`: a resolver that vets every address DNS returns and hands the transport
   only vetted ones, so the address actually connected to is the one checked (no DNS-rebinding
-  window). aiohttp skips the resolver for IP-literal hosts; the fetch transport calls
-  `check_host` on those right before connecting.
+  window). IP-literal hosts need no resolver; the fetch transport calls `check_host` on those
+  right before connecting.
 
 `ALLOWED_PRIVATE_NETWORKS` exempts addresses inside the listed CIDRs - except cloud metadata
 addresses, which stay blocked whatever the exemptions (an exemption of ``0.0.0.0/0`` must not
@@ -20,17 +20,17 @@ expose instance credentials).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fnmatch
 import ipaddress
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypedDict
 from urllib.parse import urlsplit
 
 import idna
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 if TYPE_CHECKING:
     from downloader.settings import Settings
@@ -328,8 +328,8 @@ class Guard:
         refusal = self.vet_url(url)
         return refusal.reason if refusal else None
 
-    def resolver(self, inner: AbstractResolver | None = None) -> GuardedResolver:
-        """An aiohttp resolver that only returns addresses this guard allows."""
+    def resolver(self, inner: Resolver | None = None) -> GuardedResolver:
+        """A resolver that only returns addresses this guard allows."""
         return GuardedResolver(self, inner)
 
 
@@ -337,30 +337,71 @@ def _sentence(reason: str) -> str:
     return reason if reason.endswith(".") else reason + "."
 
 
-class GuardedResolver(AbstractResolver):
-    """Wraps an aiohttp resolver (default: getaddrinfo in a thread) and drops refused addresses.
+class ResolveResult(TypedDict):
+    """One address a name resolved to."""
 
-    If every address is refused, raises `AddressBlockedError` (an OSError, so aiohttp wraps it
-    in ClientConnectorDNSError and the transport can recognise it).
-    """
+    hostname: str
+    host: str
+    port: int
+    family: int
+    proto: int
+    flags: int
 
-    def __init__(self, guard: Guard, inner: AbstractResolver | None = None) -> None:
-        self._guard = guard
-        self._inner = inner
+
+class Resolver(Protocol):
+    """Name resolution for the transport: a name and port in, the addresses out."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]: ...
+
+    async def close(self) -> None: ...
+
+
+class SystemResolver:
+    """The system's getaddrinfo, run in the event loop's thread pool."""
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        if self._inner is None:
-            from aiohttp.resolver import ThreadedResolver
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, port, family=family, type=socket.SOCK_STREAM, flags=socket.AI_ADDRCONFIG
+        )
+        return [
+            ResolveResult(
+                hostname=host,
+                host=str(address[0]),
+                port=int(address[1]),
+                family=found_family,
+                proto=proto,
+                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+            )
+            for found_family, _, proto, _, address in infos
+        ]
 
-            self._inner = ThreadedResolver()
+    async def close(self) -> None:
+        return None
+
+
+class GuardedResolver:
+    """Wraps a resolver (default: the system's) and drops refused addresses.
+
+    If every address is refused, raises `AddressBlockedError` (an OSError, so the transport
+    can tell it from a failed lookup).
+    """
+
+    def __init__(self, guard: Guard, inner: Resolver | None = None) -> None:
+        self._guard = guard
+        self._inner = inner or SystemResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
         return vet_resolved(self._guard, host, results)
 
     async def close(self) -> None:
-        if self._inner is not None:
-            await self._inner.close()
+        await self._inner.close()
 
 
 def vet_resolved(guard: Guard, host: str, results: Sequence[ResolveResult]) -> list[ResolveResult]:

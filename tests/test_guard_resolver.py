@@ -12,9 +12,16 @@ import socket
 from pathlib import Path
 
 import pytest
-from aiohttp.abc import AbstractResolver, ResolveResult
 
-from downloader.guard import AddressBlockedError, Guard, GuardedResolver, vet_resolved
+from downloader.guard import (
+    AddressBlockedError,
+    Guard,
+    GuardedResolver,
+    Resolver,
+    ResolveResult,
+    SystemResolver,
+    vet_resolved,
+)
 from downloader.settings import Settings, load_settings
 from tests.support.fetching import fetch_all
 from tests.support.imageserver import ImageServer
@@ -54,7 +61,7 @@ def test_vet_resolved_raises_when_nothing_is_left() -> None:
     assert isinstance(info.value, OSError)
 
 
-class StaticResolver(AbstractResolver):
+class StaticResolver:
     """A fake DNS: fixed answers per name (the guard's vetting is what is under test)."""
 
     def __init__(self, answers: dict[str, list[str]]) -> None:
@@ -86,6 +93,23 @@ def test_guarded_resolver_wraps_another_resolver() -> None:
 
     asyncio.run(main())
     assert inner.asked == ["a.test", "b.test"]
+
+
+def test_system_resolver_answers_from_the_hosts_file() -> None:
+    """The default resolver (getaddrinfo in a thread) on a name every machine has; the guard
+    then refuses its loopback answers unless exempted."""
+
+    async def main() -> None:
+        found = await SystemResolver().resolve("localhost", 8080, socket.AF_UNSPEC)
+        assert {r["host"] for r in found} & {"127.0.0.1", "::1"}
+        assert all(r["port"] == 8080 and r["hostname"] == "localhost" for r in found)
+        with pytest.raises(AddressBlockedError, match="loopback"):
+            await guard().resolver().resolve("localhost", 8080, socket.AF_UNSPEC)
+        allowed = guard(allowed_private_networks=["127.0.0.0/8", "::1/128"]).resolver()
+        assert await allowed.resolve("localhost", 8080, socket.AF_UNSPEC)
+        await allowed.close()
+
+    asyncio.run(main())
 
 
 # -- end to end: blocked URLs reach no server ------------------------------------------------
@@ -136,7 +160,7 @@ class ResolvingGuard(Guard):
         super().__init__(settings)
         self.dns = StaticResolver(answers)
 
-    def resolver(self, inner: AbstractResolver | None = None) -> GuardedResolver:
+    def resolver(self, inner: Resolver | None = None) -> GuardedResolver:
         return GuardedResolver(self, inner or self.dns)
 
 
