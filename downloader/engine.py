@@ -41,6 +41,7 @@ CONTENT_TYPES = {
 }
 SHARE_REFRESH = 1.0  # seconds between re-reads of the live engine list (politeness shares)
 JOIN_WAIT = 2 * SHARE_REFRESH + 0.5  # a joining engine waits for the others to shrink first
+BACKLOG_SLOTS = 5  # claimed images waiting for a slot, in slot-fulls (see _compute_capacity)
 
 
 @dataclass
@@ -89,11 +90,16 @@ class Engine:
         self._capacity = self._compute_capacity(self.share)
 
     def _compute_capacity(self, share: float) -> int:
-        # Every download slot busy plus a backlog twice as large: while a claim waits for
-        # the database (another process's write holds SQLite's lock), the backlog keeps the
-        # slots fed. The backlog also gives the per-host limits work from other hosts.
-        slots = max(1, math.floor(self.settings.max_global_concurrency * share))
-        return 3 * slots + 8
+        # Every download slot busy plus a backlog of BACKLOG_SLOTS slot-fulls. A claim's round
+        # trip through the database thread took 40-120 ms on a busy two-core machine (6-9 ms
+        # of it the query itself; the rest waiting for the loop and the GIL), i.e. 40-130
+        # images at full speed: with a backlog of only two slot-fulls the slots ran dry
+        # between claims (benchmarks/README.md). Leases held in the backlog are renewed by the
+        # heartbeat, so a deep backlog never expires.
+        return (1 + BACKLOG_SLOTS) * self._slots(share) + 8
+
+    def _slots(self, share: float) -> int:
+        return max(1, math.floor(self.settings.max_global_concurrency * share))
 
     def stop(self) -> None:
         """Stop claiming; in-flight downloads finish (or are released on cancel)."""
@@ -163,9 +169,9 @@ class Engine:
         last_reap = time.monotonic()
         while not self._stopping:
             room = self._capacity - self._downloading
-            # Claim about a slot-full at a time: fewer, bigger write transactions, so two
+            # Claim a slot-full or more at a time: fewer, bigger write transactions, so two
             # processes sharing SQLite queue less often for its lock.
-            wanted = min(self.settings.claim_batch_size, max(1, self._capacity // 3))
+            wanted = min(self.settings.claim_batch_size, self._slots(self.share))
             if not self._standby and room >= wanted:
                 claims = await anyio.to_thread.run_sync(
                     self._claim, min(room, self.settings.claim_batch_size)
