@@ -1,8 +1,19 @@
 """Entry point: `python -m downloader`."""
 
+import contextlib
+import logging
+import os
 import sys
 
 from downloader.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Every command has written its output and committed its work by now. The interpreter's
+    # own teardown would free the loaded modules' objects (SQLAlchemy, pandas) one by one:
+    # ~0.15 s between `run`'s summary line and its exit (strace), 2-3% of a 10,000-image run.
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)

@@ -180,6 +180,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from downloader.services import run_engine_until_stopped
 
     job_id, share = args.job, args.share
+    services = services_for(args)  # before waiting: a waiting helper is ready sooner
     if args.job_from_stdin:  # a helper `run` started before it read its input (run_helpers)
         from downloader.run_helpers import read_assignment
 
@@ -187,7 +188,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if assignment is None:
             return EXIT_OK  # not needed after all
         job_id, share = assignment
-    services = services_for(args)
     engine = Engine(
         services.db,
         services.storage,
@@ -205,6 +205,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, handle)
     tune_gc_for_engine()
     run_engine_until_stopped(engine, until_idle=args.until_idle)
+    services.db.dispose()  # checkpoints SQLite's log now: the process ends without teardown
     emit(
         {
             "worker_id": engine.worker_id,

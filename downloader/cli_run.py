@@ -161,7 +161,9 @@ def _download_phase(
         helper.wait()
     if stop_requested.is_set():
         return 130
-    emit({**counts_payload(services, job_id), "seconds": round(time.time() - started, 3)})
+    payload = {**counts_payload(services, job_id), "seconds": round(time.time() - started, 3)}
+    services.db.dispose()  # checkpoints SQLite's log now: the process ends without teardown
+    emit(payload)
     return EXIT_OK
 
 
