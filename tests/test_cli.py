@@ -145,6 +145,23 @@ def test_unusable_input_exits_2_with_a_message_and_no_traceback(tmp_path: Path) 
     assert bad_setting.returncode == 2 and "MAX_GLOBAL_CONCURRENCY" in bad_setting.stderr
 
 
+def test_profiled_cli_still_writes_its_profile(tmp_path: Path) -> None:
+    """The CLI ends without the interpreter's teardown, except under a profiler or tracer,
+    which write their results at exit."""
+    cli = Cli(tmp_path)
+    profile = tmp_path / "status.prof"
+    result = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "downloader", "status", "x"],
+        cwd=ROOT,
+        env=cli.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stderr.startswith("error: No job")  # (cProfile itself exits 0 on SystemExit)
+    assert profile.stat().st_size > 0
+
+
 def test_submit_then_a_worker_finishes_the_job(tmp_path: Path, image_server: ImageServer) -> None:
     s = image_server
     cli = Cli(tmp_path)
