@@ -168,7 +168,6 @@ def _download_phase(
 
 
 def _process_count(args: argparse.Namespace, services: Services, pending: int) -> int:
-
     wanted = args.processes or services.settings.run_processes or os.cpu_count() or 1
     useful = max(1, math.ceil(pending / IMAGES_PER_EXTRA_PROCESS))
     return max(1, min(wanted, useful))
