@@ -96,7 +96,7 @@ class Engine:
         # trip through the database thread took 40-120 ms on a busy two-core machine (6-9 ms
         # of it the query itself; the rest waiting for the loop and the GIL), i.e. 40-130
         # images at full speed: with a backlog of two slot-fulls the slots ran dry between
-        # claims (benchmarks/README.md). Leases held in the backlog are renewed by the
+        # claims (README.md, Performance). Leases held in the backlog are renewed by the
         # heartbeat, so a deep backlog never expires.
         return (1 + BACKLOG_SLOTS) * self._slots(share) + 8
 
@@ -171,9 +171,10 @@ class Engine:
         last_reap = time.monotonic()
         while not self._stopping:
             room = self._capacity - self._downloading
-            # Claim CLAIM_SLOTS slot-fulls or more at a time: a claim's transaction costs ~3 ms
-            # of CPU whatever its size (claiming 32 at a time cost twice the CPU of 128 at a
-            # time), and two processes sharing SQLite queue less often for its lock.
+            # Claim CLAIM_SLOTS slot-fulls or more at a time: a claim's transaction costs ~1 ms
+            # of CPU whatever its size (benchmarks/bench_queue.py: claims of 32 cost 1.5x the
+            # CPU of claims of 128), and two processes sharing SQLite queue less often for its
+            # lock.
             wanted = min(self.settings.claim_batch_size, CLAIM_SLOTS * self._slots(self.share))
             if not self._standby and room >= wanted:
                 claims = await anyio.to_thread.run_sync(
