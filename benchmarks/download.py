@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 from benchmarks.common import (
     REPO_ROOT,
@@ -54,16 +55,27 @@ DELETED_NOTE = (
 )
 
 
+FILES_DIR_NOTE = (
+    "the downloaded files went to {where} (--files-dir); each round's were deleted after it,"
+    " and our database stayed in benchmarks/work"
+)
+
+
 def _room_to_keep_every_round(work: UrlList, runs: int) -> bool:
     needed = runs * work.total_bytes * 1.2 + 2 * 1024**3
     return shutil.disk_usage(WORK_DIR).free > needed
 
 
-def round_dirs(section: str, tool: str, round_no: int) -> RoundDirs:
+def round_dirs(section: str, tool: str, round_no: int, files_root: Path | None = None) -> RoundDirs:
+    """The round's folders; with files_root, the downloads go there instead of into scratch
+    (a tmpfs, say, to measure the tools without the file system's costs)."""
     base = WORK_DIR / "runs" / section
     scratch = base / "scratch" / f"{tool}-r{round_no}"
+    files = scratch / "files"
+    if files_root is not None:
+        files = files_root / section / f"{tool}-r{round_no}"
     return RoundDirs(
-        files=scratch / "files",
+        files=files,
         scratch=scratch,
         stdout=base / "logs" / f"{tool}-r{round_no}.stdout",
         stderr=base / "logs" / f"{tool}-r{round_no}.stderr",
@@ -80,10 +92,11 @@ def run_round(
     timeout: float,
     server_pid: int | None = None,
     keep: bool = False,
+    files_root: Path | None = None,
 ) -> RunRecord:
     """One timed run of one tool into fresh folders, checked, then cleaned up (unless keep:
     the caller removes them later)."""
-    dirs = round_dirs(section, runner.name, round_no)
+    dirs = round_dirs(section, runner.name, round_no, files_root)
     fresh_dir(dirs.scratch)
     fresh_dir(dirs.files)
     dirs.stdout.parent.mkdir(parents=True, exist_ok=True)
@@ -122,6 +135,7 @@ def run_round(
             log(section, f"{runner.name} stderr (last lines):\n{record.extra['stderr_tail']}")
     if not keep:
         shutil.rmtree(dirs.scratch, ignore_errors=True)
+        shutil.rmtree(dirs.files, ignore_errors=True)
         os.sync()
     return record
 
@@ -135,6 +149,7 @@ def compare(
     concurrency: int,
     timeout: float,
     server_pid: int | None = None,
+    files_root: Path | None = None,
 ) -> SectionResult:
     section = SectionResult(name, columns=COLUMNS)
     section.info = {
@@ -158,8 +173,14 @@ def compare(
         return section.skip("no tool available")
     scratch = WORK_DIR / "runs" / name / "scratch"
     shutil.rmtree(scratch, ignore_errors=True)  # an interrupted run's leftovers
-    keep = _room_to_keep_every_round(work, rounds * len(available))
-    section.notes.append(KEPT_NOTE if keep else DELETED_NOTE)
+    if files_root is not None:
+        # Not kept: a tmpfs holds few rounds, and deleting there costs the next round nothing.
+        keep = False
+        section.info["files_dir"] = str(files_root)
+        section.notes.append(FILES_DIR_NOTE.format(where=files_root))
+    else:
+        keep = _room_to_keep_every_round(work, rounds * len(available))
+        section.notes.append(KEPT_NOTE if keep else DELETED_NOTE)
     log(
         name,
         f"{work.images:,} images, {work.products:,} products, {work.total_bytes / MB:,.0f} MB; "
@@ -179,6 +200,7 @@ def compare(
                         timeout=timeout,
                         server_pid=server_pid,
                         keep=keep,
+                        files_root=files_root,
                     )
                 )
     finally:
@@ -186,6 +208,8 @@ def compare(
             log(name, "removing the rounds' output")
             shutil.rmtree(scratch, ignore_errors=True)
             os.sync()
+        if files_root is not None:
+            shutil.rmtree(files_root / name, ignore_errors=True)
     _summarize(section, work, [runner.name for runner in available])
     return section
 

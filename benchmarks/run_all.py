@@ -66,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--zip-route", default=zipbench.DEFAULT_ZIP_ROUTE, help="app's master-ZIP path")
     p.add_argument("--nginx-workers", default="auto", help="nginx worker_processes")
+    p.add_argument(
+        "--files-dir",
+        type=Path,
+        help="where the download and memory rounds write their files (default: benchmarks/work;"
+        " e.g. /dev/shm/bench to leave the disk out)",
+    )
     p.add_argument("--strict", action="store_true", help="exit 1 when any check failed")
     args = p.parse_args(argv)
     unknown = set(_csv_list(args.only)) - set(SECTIONS)
@@ -190,12 +196,26 @@ def run_sections(args: argparse.Namespace) -> list[SectionResult]:
         if server is not None and "download" in args.sections:
             work = corpus.download_list(corpus.ensure_images(args.images), server.port)
             results.append(
-                download.compare("download", work, runners, rounds=args.rounds, **common)
+                download.compare(
+                    "download",
+                    work,
+                    runners,
+                    rounds=args.rounds,
+                    files_root=args.files_dir,
+                    **common,
+                )
             )
         if server is not None and "memory" in args.sections:
             work = corpus.memory_list(corpus.ensure_small(), args.memory_products, server.port)
             results.append(
-                download.compare("memory", work, runners, rounds=args.memory_rounds, **common)
+                download.compare(
+                    "memory",
+                    work,
+                    runners,
+                    rounds=args.memory_rounds,
+                    files_root=args.files_dir,
+                    **common,
+                )
             )
         if "zip" in args.sections:  # bench_zip.py runs without a server; the master ZIP does not
             zip_work = None
