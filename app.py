@@ -3,8 +3,9 @@
 `streamlit run app.py` finds the `st.App` below and serves it:
 - its lifespan builds the services once per server process, starts the embedded engine
   (when EMBEDDED_WORKER is on) and stops it cleanly on shutdown;
-- its custom routes stream the big downloads (the master ZIP, the manifest and the failed
-  rows) straight from storage, never through st.download_button, which holds data in memory;
+- its custom routes stream the big downloads (the master ZIP, the manifest, the failed and the
+  rejected rows) straight from storage, never through st.download_button, which holds data in
+  memory;
 - its script is this same file: run by Streamlit (with a script context), it is the navigation
   script that lists the pages in pages/ with st.navigation + st.Page.
 
@@ -105,7 +106,8 @@ def _attachment(filename: str) -> dict[str, str]:
 
 
 def _export_endpoint(kind: str) -> Any:
-    """A Starlette endpoint streaming one export of a job: 'zip', 'manifest' or 'failed'."""
+    """A Starlette endpoint streaming one export of a job: 'zip', 'manifest', 'failed' or
+    'rejected'."""
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import PlainTextResponse, Response, StreamingResponse
@@ -141,9 +143,12 @@ def _export_endpoint(kind: str) -> Any:
         elif kind == "manifest":
             body = jobs.manifest_csv(services.db, job.id)
             name, media = f"job-{job.id}-manifest.csv", "text/csv; charset=utf-8"
-        else:
+        elif kind == "failed":
             body = await run_in_threadpool(jobs.failed_csv, services.db, job.id)
             name, media = f"job-{job.id}-failed.csv", "text/csv; charset=utf-8"
+        else:
+            body = await run_in_threadpool(jobs.rejected_csv, services.db, job.id)
+            name, media = f"job-{job.id}-rejected.csv", "text/csv; charset=utf-8"
         return StreamingResponse(
             read_ahead(body), media_type=media, headers=_attachment(name) | headers
         )
@@ -159,6 +164,7 @@ def routes(prefix: str = "") -> list[Any]:
         Route(f"{prefix}/download/job/{{job_id}}.zip", _export_endpoint("zip")),
         Route(f"{prefix}/download/job/{{job_id}}/manifest.csv", _export_endpoint("manifest")),
         Route(f"{prefix}/download/job/{{job_id}}/failed.csv", _export_endpoint("failed")),
+        Route(f"{prefix}/download/job/{{job_id}}/rejected.csv", _export_endpoint("rejected")),
     ]
 
 

@@ -90,6 +90,10 @@ def failed_csv_url(job_id: str) -> str:
     return f"{base_path()}/download/job/{quote(job_id)}/failed.csv"
 
 
+def rejected_csv_url(job_id: str) -> str:
+    return f"{base_path()}/download/job/{quote(job_id)}/rejected.csv"
+
+
 def open_job(job_id: str) -> None:
     """Go to a job's detail page (stable URL /job?id=...)."""
     st.switch_page(JOB_PAGE, query_params={"id": job_id})

@@ -22,6 +22,7 @@ REFRESH_SECONDS = 2.0
 PRODUCTS_PER_PAGE = 200
 DOWNLOAD_BUTTONS = 24
 GALLERY_IMAGES = 60
+REJECTED_SHOWN = 1000
 
 services = common.services()
 db = services.db
@@ -360,11 +361,17 @@ with problems:
     if not (job.rejected_rows or job.duplicates_removed):
         st.success("Every input row was queued.", icon=":material/check:")
     else:
-        rows = jobs.rejected_rows(db, job.id)
+        rows = jobs.rejected_rows(db, job.id, limit=REJECTED_SHOWN)
         st.caption(
             f"{job.rejected_rows:,} rejected row(s) and {job.duplicates_removed:,} duplicate "
             "URL(s) were left out when the job was created."
+            + (
+                f" The first {REJECTED_SHOWN:,} are shown; the CSV has them all."
+                if job.rejected_rows + job.duplicates_removed > REJECTED_SHOWN
+                else ""
+            )
         )
+        st.html(_link_button(common.rejected_csv_url(job.id), "⬇ Rejected rows (CSV)"))
         st.dataframe(
             rows.rename(
                 columns={

@@ -196,6 +196,35 @@ def test_exported_csvs_neutralise_formula_cells_end_to_end(
     assert failed_rows[1]["attempts"] == str(services.settings.max_retries + 1)
 
 
+def test_rejected_input_cells_that_look_like_formulas_are_neutralised(tmp_path: Path) -> None:
+    """A rejected row keeps the user's raw cells: its CSV (the only export of them, since
+    st.dataframe's own CSV download is switched off) quotes every formula-like cell, and
+    holds every row, past the 1,000 the page shows."""
+    services = in_process_services(tmp_path)
+    hostile = ['=HYPERLINK("http://x")', "+1+1", "@SUM(A1)", "=cmd|' /C calc'!A0"]
+    lines = ["Product Number\tImage URL"]
+    lines += [f"{cell}\thttp://127.0.0.2/img/{i}.jpg" for i, cell in enumerate(hostile)]
+    lines += [f'P{i}\t=IMAGE("http://x/{i}")' for i in range(1_001)]
+    lines.append("OK-1\thttp://127.0.0.2/img/ok.jpg")
+    job = jobs.create_job(services.db, parse_text("\n".join(lines), max_rows=2_000))
+    assert job.images == 1
+    assert job.rejected_rows == len(hostile) + 1_001
+    rows = read_csv(b"".join(jobs.rejected_csv(services.db, job.id)))
+    assert rows[0] == list(jobs.REJECTED_COLUMNS)
+    assert len(rows) == 1 + len(hostile) + 1_001
+    assert_excel_safe(rows, "rejected rows")
+    products = [row[3] for row in rows[1:]]
+    assert products[: len(hostile)] == ["'" + cell for cell in hostile]
+    assert rows[-1][4] == '\'=IMAGE("http://x/1000")'
+    assert len(jobs.rejected_rows(services.db, job.id)) == 1_000  # what the page shows
+
+
+def test_the_app_switches_off_streamlits_own_table_export() -> None:
+    """st.dataframe's "Download as CSV" and copy would hand the raw cells above to Excel."""
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["client"]["disableDataExport"] is True
+
+
 def test_error_texts_that_look_like_formulas_are_neutralised_in_every_export(
     tmp_path: Path,
 ) -> None:

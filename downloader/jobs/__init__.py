@@ -30,6 +30,7 @@ from downloader.jobs.create import (
 )
 from downloader.jobs.details import (
     FAILED_COLUMNS,
+    REJECTED_COLUMNS,
     ImageInfo,
     error_summary,
     failed_csv,
@@ -37,6 +38,7 @@ from downloader.jobs.details import (
     product_images,
     product_numbers,
     product_progress,
+    rejected_csv,
     rejected_rows,
 )
 from downloader.jobs.progress import (
@@ -55,6 +57,7 @@ __all__ = [
     "FAILED_COLUMNS",
     "IMAGE_STATES",
     "INSERT_CHUNK",
+    "REJECTED_COLUMNS",
     "ImageInfo",
     "JobCounts",
     "JobListItem",
@@ -84,6 +87,7 @@ __all__ = [
     "product_progress",
     "product_zip",
     "product_zip_bytes",
+    "rejected_csv",
     "rejected_rows",
     "resume_job",
     "retry_failed",

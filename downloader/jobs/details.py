@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 # the jobs service for counts and must not carry pandas (~80 MB) for that.
 
 FAILED_COLUMNS = ["product", "position", "url", "error_code", "error", "http_status", "attempts"]
+REJECTED_COLUMNS = ["row", "kind", "reason", "product", "url"]
 
 
 def product_progress(
@@ -141,10 +142,23 @@ def failed_csv(db: Database, job_id: str) -> Iterator[bytes]:
 
 
 def rejected_rows(
-    db: Database, job_id: str, *, kind: str | None = None, limit: int = 1000
+    db: Database, job_id: str, *, kind: str | None = None, limit: int | None = 1000
 ) -> pd.DataFrame:
+    """The input rows left out of the job (kind 'rejected' or 'duplicate'), in input order."""
     import pandas as pd
 
+    return pd.DataFrame(_rejected_tuples(db, job_id, kind, limit), columns=REJECTED_COLUMNS)
+
+
+def rejected_csv(db: Database, job_id: str) -> Iterator[bytes]:
+    """Every rejected and duplicate input row as CSV chunks, each cell Excel-safe: these
+    cells are the user's raw input, the likeliest place for a formula."""
+    return csv_rows_chunks(REJECTED_COLUMNS, _rejected_tuples(db, job_id, None, None))
+
+
+def _rejected_tuples(
+    db: Database, job_id: str, kind: str | None, limit: int | None
+) -> list[tuple[Any, ...]]:
     with db.read() as session:
         query = (
             select(
@@ -156,12 +170,12 @@ def rejected_rows(
             )
             .where(REJECTED_ROW.c.job_id == job_id)
             .order_by(REJECTED_ROW.c.row)
-            .limit(limit)
         )
         if kind:
             query = query.where(REJECTED_ROW.c.kind == kind)
-        rows = session.execute(query).all()
-    return pd.DataFrame(rows, columns=["row", "kind", "reason", "product", "url"])
+        if limit is not None:
+            query = query.limit(limit)
+        return [tuple(row) for row in session.execute(query).all()]
 
 
 @dataclass

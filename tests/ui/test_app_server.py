@@ -42,6 +42,7 @@ def test_the_module_defines_an_st_app_with_the_download_routes() -> None:
         "/download/job/{job_id}.zip",
         "/download/job/{job_id}/manifest.csv",
         "/download/job/{job_id}/failed.csv",
+        "/download/job/{job_id}/rejected.csv",
     ]
     prefixed = app_module.routes("/tools")[0]
     assert prefixed.path == "/tools/download/job/{job_id}.zip"
@@ -112,9 +113,22 @@ def test_manifest_and_failed_csv_exports(client: TestClient, finished_job: str) 
     assert [(r["product"], r["error_code"]) for r in rows] == [("CD_2", "http_404")]
 
 
+def test_rejected_rows_csv_export(client: TestClient, finished_job: str) -> None:
+    response = client.get(f"/download/job/{finished_job}/rejected.csv")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/csv")
+    assert f"job-{finished_job}-rejected.csv" in response.headers["content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(response.content.decode("utf-8-sig"))))
+    assert [(r["kind"], r["product"], r["url"]) for r in rows] == [
+        ("rejected", "bad sku!", "http://example.invalid/x.jpg")
+    ]
+    assert rows[0]["reason"].startswith("Product number may only contain")
+
+
 def test_unknown_job_is_a_404(client: TestClient) -> None:
     assert client.get("/download/job/nope.zip").status_code == 404
     assert client.get("/download/job/nope/manifest.csv").status_code == 404
+    assert client.get("/download/job/nope/rejected.csv").status_code == 404
 
 
 def test_routes_answer_503_before_the_lifespan_ran() -> None:

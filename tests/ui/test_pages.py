@@ -248,6 +248,7 @@ def test_job_page_shows_progress_products_failures_and_downloads(
     # input problems: the rejected row with its row number and reason
     rejected = next(df.value for df in at.dataframe if "Reason" in df.value.columns)
     assert rejected["Row"].tolist() == [6]
+    assert f"/download/job/{finished_job}/rejected.csv" in html  # all of them, Excel-safe
 
     # finished: the failed image can be retried; nothing to pause or cancel
     labels = [b.label for b in at.button]
