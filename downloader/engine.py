@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from downloader import queue, retention, worker_registry
 from downloader.db import Database
 from downloader.fetch import Fetcher, FetchOutcome
+from downloader.leases import LeaseBook
 from downloader.models import ImageStatus
 from downloader.queue import Claim, Result
 from downloader.settings import Settings
@@ -76,6 +77,7 @@ class Engine:
         self.worker_id = worker_registry.make_worker_id(kind)
         self.stats = EngineStats()
         self._in_flight: dict[int, Claim] = {}
+        self._leases = LeaseBook(settings.worker_lease_seconds)
         self._results: list[Result] = []
         self._flush_wanted = anyio.Event()
         self._stopping = False
@@ -262,6 +264,20 @@ class Engine:
         key = image_key(item.job_id, item.product_id, item.position, outcome.format)
         content_type = CONTENT_TYPES.get(outcome.format)
         body, temp_path = outcome.body, outcome.temp_path
+        if not self._leases.safe(item, time.time()) and not await anyio.to_thread.run_sync(
+            self._renew_lease, item.image_id
+        ):
+            # Taken over while this engine was stalled: the file at `key` is the new owner's.
+            if temp_path is not None:
+                temp_path.unlink(missing_ok=True)
+            log.warning("lease on image %s lost before its file was stored", item.image_id)
+            return Result(
+                image_id=item.image_id,
+                status=ImageStatus.FAILED,
+                attempts=attempts,
+                error_code="lease_lost",
+                error="This engine's lease ran out; another engine downloads the image.",
+            )
         try:
             if self.storage.name == "local":  # a write and a rename: no thread hop
                 if body is not None:
@@ -312,6 +328,10 @@ class Engine:
         self.stats.finished += len(batch)
         self.stats.stale += report.stale
 
+    def _renew_lease(self, image_id: int) -> bool:
+        lease = self.settings.worker_lease_seconds
+        return queue.renew_lease(self.db, self.worker_id, image_id, lease)
+
     def _write_batch(self, batch: list[Result]) -> queue.FlushReport:
         report = queue.record_results(self.db, self.worker_id, batch)
         for key in report.duplicate_keys:
@@ -322,11 +342,12 @@ class Engine:
         lease = self.settings.worker_lease_seconds
         while True:
             await anyio.sleep(max(0.5, lease / 3))
-            await anyio.to_thread.run_sync(
+            renewal = await anyio.to_thread.run_sync(
                 lambda: worker_registry.heartbeat(
                     self.db, self.worker_id, lease, len(self._in_flight), self.stats.finished
                 )
             )
+            self._leases.renewed(renewal)
 
     async def _share_loop(self, fetcher: Fetcher) -> None:
         while True:

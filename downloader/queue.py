@@ -34,6 +34,7 @@ class Claim:
     position: int
     url: str
     attempts: int
+    leased_until: float = 0.0  # the lease's end as the claim wrote it (leases.LeaseBook)
 
 
 @dataclass(slots=True)
@@ -135,7 +136,26 @@ def _claim_from_job(
             IMAGE.c.attempts,
         ).where(IMAGE.c.id.in_(ids))
     )
-    return [Claim(*row) for row in rows]
+    return [
+        Claim(image_id, job, product_id, position, url, attempts, leased_until=expires)
+        for image_id, job, product_id, position, url, attempts in rows
+    ]
+
+
+def renew_lease(db: Database, worker_id: str, image_id: int, lease_seconds: float) -> bool:
+    """Extend this worker's lease on one image; False when the image is no longer its own
+    (taken over after the lease expired, or already settled)."""
+    with db.write() as session:
+        renewed = session.execute(
+            update(IMAGE)
+            .where(
+                IMAGE.c.id == image_id,
+                IMAGE.c.lease_owner == worker_id,
+                IMAGE.c.status == ImageStatus.DOWNLOADING,
+            )
+            .values(lease_expires=time.time() + lease_seconds)
+        )
+        return rowcount(renewed) == 1
 
 
 # ---------------------------------------------------------------- results

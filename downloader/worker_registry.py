@@ -15,6 +15,7 @@ from sqlalchemy import delete, func, select, update
 from sqlmodel import Session, col
 
 from downloader.db import Database, rowcount
+from downloader.leases import Renewal
 from downloader.models import IMAGE, WORKER, ImageStatus, Worker
 from downloader.processes import pid_alive
 
@@ -37,8 +38,9 @@ def unregister_worker(db: Database, worker_id: str) -> None:
 
 def heartbeat(
     db: Database, worker_id: str, lease_seconds: float, in_flight: int, done_total: int
-) -> None:
-    """Renew this worker's row and the leases of everything it holds."""
+) -> Renewal:
+    """Renew this worker's row and the leases of everything it holds; returns which images
+    were found still its own (for leases.LeaseBook)."""
     now = time.time()
     with db.write() as session:
         session.execute(
@@ -48,19 +50,24 @@ def heartbeat(
         )
         # Rows another transaction holds (this worker's own result batch, a reaper) are
         # being settled right now: skip them instead of waiting, so no lock cycle can form.
-        mine = (
-            select(col(IMAGE.c.id))
-            .where(
-                col(IMAGE.c.lease_owner) == worker_id,
-                col(IMAGE.c.status) == ImageStatus.DOWNLOADING,
+        mine = [
+            row[0]
+            for row in session.execute(
+                select(col(IMAGE.c.id))
+                .where(
+                    col(IMAGE.c.lease_owner) == worker_id,
+                    col(IMAGE.c.status) == ImageStatus.DOWNLOADING,
+                )
+                .with_for_update(skip_locked=True)
             )
-            .with_for_update(skip_locked=True)
-        )
-        session.execute(
-            update(IMAGE)
-            .where(col(IMAGE.c.id).in_(mine.scalar_subquery()))
-            .values(lease_expires=now + lease_seconds)
-        )
+        ]
+        if mine:
+            session.execute(
+                update(IMAGE)
+                .where(col(IMAGE.c.id).in_(mine))
+                .values(lease_expires=now + lease_seconds)
+            )
+    return Renewal(until=now + lease_seconds, image_ids=frozenset(mine))
 
 
 def live_worker_count(

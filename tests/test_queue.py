@@ -180,12 +180,38 @@ def test_leases_of_a_dead_local_process_are_returned_at_once(db: Database) -> No
 def test_heartbeat_renews_leases(db: Database) -> None:
     add_job(db, {"P1": 1})
     worker_registry.register_worker(db, "w1", "worker")
-    queue.claim(db, "w1", 10, 1)
-    worker_registry.heartbeat(db, "w1", 600, in_flight=1, done_total=0)
+    (item,) = queue.claim(db, "w1", 10, 1)
+    assert time.time() < item.leased_until <= time.time() + 1
+    renewal = worker_registry.heartbeat(db, "w1", 600, in_flight=1, done_total=0)
+    assert renewal.image_ids == {item.image_id} and renewal.until > time.time() + 500
     worker_registry.reap_dead_workers(db, stale_after=600)
     with db.read() as session:
         image = session.execute(select(Image)).scalar_one()
         assert image.status == ImageStatus.DOWNLOADING and image.lease_expires > time.time() + 500
+
+
+def test_heartbeat_reports_only_the_leases_still_held(db: Database) -> None:
+    add_job(db, {"P1": 2})
+    first, second = queue.claim(db, "w1", 10, 30)
+    with db.write() as session:  # the second one's lease ran out and w2 took it over
+        session.execute(update(Image).where(IMAGE.c.id == second.image_id).values(lease_owner="w2"))
+    renewal = worker_registry.heartbeat(db, "w1", 30, in_flight=2, done_total=0)
+    assert renewal.image_ids == {first.image_id}
+
+
+def test_renew_lease_extends_only_a_lease_still_held(db: Database) -> None:
+    add_job(db, {"P1": 2})
+    mine, lost = queue.claim(db, "w1", 10, 1)
+    with db.write() as session:
+        session.execute(update(Image).where(IMAGE.c.id == lost.image_id).values(lease_owner="w2"))
+    assert queue.renew_lease(db, "w1", mine.image_id, 600)
+    assert not queue.renew_lease(db, "w1", lost.image_id, 600)
+    with db.read() as session:
+        expires = dict(session.execute(select(IMAGE.c.id, IMAGE.c.lease_expires)).all())
+    assert expires[mine.image_id] > time.time() + 500
+    assert expires[lost.image_id] < time.time() + 2
+    queue.record_results(db, "w1", [done(mine.image_id)])
+    assert not queue.renew_lease(db, "w1", mine.image_id, 600)  # settled: nothing to renew
 
 
 def test_concurrent_writers_never_see_database_is_locked(db: Database) -> None:
