@@ -1,7 +1,10 @@
-"""Process-level helpers: liveness on this host, garbage-collector tuning for engines."""
+"""Process-level helpers: liveness on this host, garbage-collector and allocator tuning for
+engines."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import os
 
@@ -12,14 +15,41 @@ import os
 ENGINE_GC_THRESHOLD0 = 50_000
 
 
+# glibc's mallopt() parameter number for the arena cap (malloc.h).
+M_ARENA_MAX = -8
+
+
 def tune_gc_for_engine() -> None:
     """Call once an engine process has loaded its code: the objects alive now (modules,
     classes, mappers) move to the permanent generation, which collections never walk, and
-    young-object collections run less often. Cycles are still collected."""
+    young-object collections run less often. Cycles are still collected. Also caps malloc's
+    arenas (limit_malloc_arenas)."""
     gc.collect()
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(ENGINE_GC_THRESHOLD0, gen1, gen2)
+    limit_malloc_arenas()
+
+
+def limit_malloc_arenas() -> bool:
+    """Make threads started from now on allocate from glibc's main arena; False where that
+    cannot be done (another C library).
+
+    An engine frees in one thread what its database threads allocated in theirs, and glibc
+    gives each thread its own arena: the free memory stranded in those arenas grew without
+    bound. One engine on 400,000 small images held 45-60 MB in use throughout while the free
+    part of its heaps went from 47 to 171 MB (RSS 288 -> 435 MB); with one arena the free
+    part stayed under 7 MB at 200,000 images, for the same CPU time.
+    """
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_ARENA_MAX, 1))
 
 
 def pid_alive(pid: int) -> bool:

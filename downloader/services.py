@@ -85,6 +85,9 @@ class EngineThread:
             self.engine = self._new_engine()
 
     def start(self) -> None:
+        from downloader.processes import limit_malloc_arenas
+
+        limit_malloc_arenas()  # a long-running server: see the function
         self._thread.start()
 
     @property

@@ -1,10 +1,12 @@
-"""Process helpers: the engine processes' garbage-collector tuning."""
+"""Process helpers: the engine processes' garbage-collector and allocator tuning."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+
+import pytest
 
 from downloader.processes import ENGINE_GC_THRESHOLD0
 
@@ -36,3 +38,40 @@ def test_engine_gc_tuning_freezes_start_up_objects_and_raises_the_young_threshol
     assert result["after"][1:] == result["before"][1:]
     assert result["frozen"] > 1000  # the modules' objects loaded before the call
     assert result["cycle_freed"]  # new cycles are still collected
+
+
+ARENAS_SCRIPT = """
+import sys, threading, ctypes, ctypes.util
+from downloader.processes import limit_malloc_arenas
+if sys.argv[1] == "limited":
+    assert limit_malloc_arenas()
+held, ready = [], threading.Barrier(5)
+def work():
+    held.append([bytearray(200_000) for _ in range(20)])  # malloc'd in this thread
+    ready.wait()
+threads = [threading.Thread(target=work) for _ in range(4)]
+for thread in threads:
+    thread.start()
+ready.wait()
+ctypes.CDLL(ctypes.util.find_library("c")).malloc_stats()  # per arena, on stderr
+for thread in threads:
+    thread.join()
+"""
+
+
+def malloc_arenas(mode: str) -> int:
+    stderr = subprocess.run(
+        [sys.executable, "-c", ARENAS_SCRIPT, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stderr
+    return sum(line.startswith("Arena ") for line in stderr.splitlines())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc arenas")
+def test_engines_allocate_from_one_malloc_arena_whatever_their_threads() -> None:
+    """Per-thread arenas stranded the free memory of an engine's database threads."""
+    assert malloc_arenas("default") >= 3  # glibc gives new threads arenas of their own
+    assert malloc_arenas("limited") == 1
