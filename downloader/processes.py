@@ -4,7 +4,6 @@ engines."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import os
 
@@ -41,12 +40,8 @@ def limit_malloc_arenas() -> bool:
     part of its heaps went from 47 to 171 MB (RSS 288 -> 435 MB); with one arena the free
     part stayed under 7 MB at 200,000 images, for the same CPU time.
     """
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this interpreter runs on
     except (OSError, AttributeError):
         return False
     return bool(mallopt(M_ARENA_MAX, 1))
