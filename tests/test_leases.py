@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from downloader.queue import Claim, Result
 from downloader.storage import image_key
 from tests.support.imageserver import ImageServer, Reply, image_bytes
 from tests.test_cli import Cli, last_json, write_input
-from tests.test_crash import ROOT, in_process_services, sql
+from tests.test_crash import in_process_services, spawn, sql, wait_until
 
 LEASE = 30.0
 
@@ -67,20 +66,11 @@ def test_a_worker_stopped_past_its_lease_leaves_the_new_owners_file_alone(
     job_id = str(last_json(cli("submit", str(src)).stdout)["job_id"])
     db_path = cli.db_path
     log = tmp_path / "worker.log"
-    with log.open("wb") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "downloader", "worker", "--until-idle"],
-            cwd=ROOT,
-            env={**cli.env, "WORKER_LEASE_SECONDS": "1"},
-            stdout=out,
-            stderr=out,
-        )
+    args = [sys.executable, "-m", "downloader", "worker", "--until-idle"]
+    worker = spawn(cli, args, log, WORKER_LEASE_SECONDS="1")
     try:
-        deadline = time.monotonic() + 30
-        while s.count("/slow.jpg") == 0:  # the request is out: the worker is mid-download
-            assert worker.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.01)
+        # the request is out: the worker is mid-download
+        wait_until(lambda: s.count("/slow.jpg") > 0, 30, worker, log)
         worker.send_signal(signal.SIGSTOP)
         time.sleep(2.5)  # past its lease (1 s) and past being counted dead (2 leases)
 
