@@ -144,10 +144,10 @@ def _export_endpoint(kind: str) -> Any:
             body = jobs.manifest_csv(services.db, job.id)
             name, media = f"job-{job.id}-manifest.csv", "text/csv; charset=utf-8"
         elif kind == "failed":
-            body = await run_in_threadpool(jobs.failed_csv, services.db, job.id)
+            body = jobs.failed_csv(services.db, job.id)
             name, media = f"job-{job.id}-failed.csv", "text/csv; charset=utf-8"
         else:
-            body = await run_in_threadpool(jobs.rejected_csv, services.db, job.id)
+            body = jobs.rejected_csv(services.db, job.id)
             name, media = f"job-{job.id}-rejected.csv", "text/csv; charset=utf-8"
         return StreamingResponse(
             read_ahead(body), media_type=media, headers=_attachment(name) | headers

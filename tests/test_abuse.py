@@ -219,6 +219,34 @@ def test_rejected_input_cells_that_look_like_formulas_are_neutralised(tmp_path: 
     assert len(jobs.rejected_rows(services.db, job.id)) == 1_000  # what the page shows
 
 
+def test_failed_and_rejected_csvs_stream_every_row_once_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both CSVs read the database a batch at a time (a job may have a million such rows):
+    with batches of 7, 40 failed images and 40 rejected rows span several batches and still
+    come out complete, in order, with no row twice."""
+    from downloader.jobs import details
+
+    monkeypatch.setattr(details, "STREAM_BATCH", 7)
+    services = in_process_services(tmp_path)
+    lines = [f"P{i:02d}\thttp://127.0.0.2/img/{i}.jpg" for i in range(40)]
+    lines += [f"R{i:02d}\tnot-a-url-{i}" for i in range(40)]
+    job = jobs.create_job(services.db, parse_text("\n".join(lines), max_rows=100))
+    claims = queue.claim(services.db, "test-worker", 100, 30, job_id=job.id)
+    assert len(claims) == 40
+    failures = [
+        queue.Result(image_id=c.image_id, status=ImageStatus.FAILED, attempts=1, error_code="x")
+        for c in claims
+    ]
+    queue.record_results(services.db, "test-worker", failures)
+
+    failed = read_csv(b"".join(jobs.failed_csv(services.db, job.id)))
+    assert [row[0] for row in failed[1:]] == [f"P{i:02d}" for i in range(40)]
+    rejected = read_csv(b"".join(jobs.rejected_csv(services.db, job.id)))
+    assert [row[3] for row in rejected[1:]] == [f"R{i:02d}" for i in range(40)]
+    assert len(jobs.rejected_rows(services.db, job.id, limit=10)) == 10
+
+
 def test_the_app_switches_off_streamlits_own_table_export() -> None:
     """st.dataframe's "Download as CSV" and copy would hand the raw cells above to Excel."""
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())

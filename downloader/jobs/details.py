@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, case, func, or_, select
+from sqlalchemy import ColumnElement, Select, case, func, or_, select
 
 from downloader.db import Database
 from downloader.manifest import csv_rows_chunks, image_file_name
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 FAILED_COLUMNS = ["product", "position", "url", "error_code", "error", "http_status", "attempts"]
 REJECTED_COLUMNS = ["row", "kind", "reason", "product", "url"]
+STREAM_BATCH = 2000  # rows fetched at a time by the CSV exports
 
 
 def product_progress(
@@ -109,73 +110,82 @@ def failed_images(
 ) -> pd.DataFrame:
     import pandas as pd
 
+    query = _failed_query(job_id, error_code=error_code, text=text)
+    if limit is not None:
+        query = query.limit(limit)
     with db.read() as session:
-        query = (
-            select(
-                PRODUCT.c.number.label("product"),
-                IMAGE.c.position,
-                IMAGE.c.url,
-                IMAGE.c.error_code,
-                IMAGE.c.error,
-                IMAGE.c.http_status,
-                IMAGE.c.attempts,
-            )
-            .join(PRODUCT, PRODUCT.c.id == IMAGE.c.product_id)
-            .where(IMAGE.c.job_id == job_id, IMAGE.c.status == ImageStatus.FAILED)
-            .order_by(PRODUCT.c.position, IMAGE.c.position)
-        )
-        if error_code:
-            query = query.where(IMAGE.c.error_code == error_code)
-        if text:
-            pattern = f"%{text.strip()}%"
-            query = query.where(or_(PRODUCT.c.number.ilike(pattern), IMAGE.c.url.ilike(pattern)))
-        if limit is not None:
-            query = query.limit(limit)
         rows = session.execute(query).all()
     return pd.DataFrame(rows, columns=FAILED_COLUMNS)
 
 
 def failed_csv(db: Database, job_id: str) -> Iterator[bytes]:
-    """Every failed image as CSV chunks (ZIPs and the manifest live in downloader/exports.py)."""
-    frame = failed_images(db, job_id, limit=None)
-    return csv_rows_chunks(FAILED_COLUMNS, frame.itertuples(index=False, name=None))
+    """Every failed image as CSV chunks, streamed from the database (ZIPs and the manifest
+    live in downloader/exports.py)."""
+    return csv_rows_chunks(FAILED_COLUMNS, _stream_rows(db, _failed_query(job_id)))
 
 
-def rejected_rows(
-    db: Database, job_id: str, *, kind: str | None = None, limit: int | None = 1000
-) -> pd.DataFrame:
+def _failed_query(
+    job_id: str, *, error_code: str | None = None, text: str | None = None
+) -> Select[Any]:
+    query = (
+        select(
+            PRODUCT.c.number.label("product"),
+            IMAGE.c.position,
+            IMAGE.c.url,
+            IMAGE.c.error_code,
+            IMAGE.c.error,
+            IMAGE.c.http_status,
+            IMAGE.c.attempts,
+        )
+        .join(PRODUCT, PRODUCT.c.id == IMAGE.c.product_id)
+        .where(IMAGE.c.job_id == job_id, IMAGE.c.status == ImageStatus.FAILED)
+        .order_by(PRODUCT.c.position, IMAGE.c.position)
+    )
+    if error_code:
+        query = query.where(IMAGE.c.error_code == error_code)
+    if text:
+        pattern = f"%{text.strip()}%"
+        query = query.where(or_(PRODUCT.c.number.ilike(pattern), IMAGE.c.url.ilike(pattern)))
+    return query
+
+
+def _stream_rows(db: Database, query: Select[Any]) -> Iterator[tuple[Any, ...]]:
+    """The rows of `query` a batch at a time: a job may have a million of them."""
+    with db.read() as session:
+        for row in session.execute(query.execution_options(yield_per=STREAM_BATCH)):
+            yield tuple(row)
+
+
+def rejected_rows(db: Database, job_id: str, *, limit: int | None = 1000) -> pd.DataFrame:
     """The input rows left out of the job (kind 'rejected' or 'duplicate'), in input order."""
     import pandas as pd
 
-    return pd.DataFrame(_rejected_tuples(db, job_id, kind, limit), columns=REJECTED_COLUMNS)
+    query = _rejected_query(job_id)
+    if limit is not None:
+        query = query.limit(limit)
+    with db.read() as session:
+        rows = session.execute(query).all()
+    return pd.DataFrame(rows, columns=REJECTED_COLUMNS)
 
 
 def rejected_csv(db: Database, job_id: str) -> Iterator[bytes]:
-    """Every rejected and duplicate input row as CSV chunks, each cell Excel-safe: these
-    cells are the user's raw input, the likeliest place for a formula."""
-    return csv_rows_chunks(REJECTED_COLUMNS, _rejected_tuples(db, job_id, None, None))
+    """Every rejected and duplicate input row as CSV chunks, streamed from the database, each
+    cell Excel-safe: these cells are the user's raw input, the likeliest place for a formula."""
+    return csv_rows_chunks(REJECTED_COLUMNS, _stream_rows(db, _rejected_query(job_id)))
 
 
-def _rejected_tuples(
-    db: Database, job_id: str, kind: str | None, limit: int | None
-) -> list[tuple[Any, ...]]:
-    with db.read() as session:
-        query = (
-            select(
-                REJECTED_ROW.c.row,
-                REJECTED_ROW.c.kind,
-                REJECTED_ROW.c.reason,
-                REJECTED_ROW.c.product,
-                REJECTED_ROW.c.url,
-            )
-            .where(REJECTED_ROW.c.job_id == job_id)
-            .order_by(REJECTED_ROW.c.row)
+def _rejected_query(job_id: str) -> Select[Any]:
+    return (
+        select(
+            REJECTED_ROW.c.row,
+            REJECTED_ROW.c.kind,
+            REJECTED_ROW.c.reason,
+            REJECTED_ROW.c.product,
+            REJECTED_ROW.c.url,
         )
-        if kind:
-            query = query.where(REJECTED_ROW.c.kind == kind)
-        if limit is not None:
-            query = query.limit(limit)
-        return [tuple(row) for row in session.execute(query).all()]
+        .where(REJECTED_ROW.c.job_id == job_id)
+        .order_by(REJECTED_ROW.c.row)
+    )
 
 
 @dataclass
