@@ -181,9 +181,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     job_id, share = args.job, args.share
     services = services_for(args)  # before waiting: a waiting helper is ready sooner
+    tune_gc_for_engine()
     if args.job_from_stdin:  # a helper `run` started before it read its input (run_helpers)
         from downloader.run_helpers import read_assignment
+        from downloader.services import warm_up_event_loop
 
+        warm_up_event_loop()  # idle time now; ~30 ms of the engine's start otherwise
         assignment = read_assignment()
         if assignment is None:
             return EXIT_OK  # not needed after all
@@ -203,7 +206,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
-    tune_gc_for_engine()
     run_engine_until_stopped(engine, until_idle=args.until_idle)
     services.db.dispose()  # checkpoints SQLite's log now: the process ends without teardown
     emit(

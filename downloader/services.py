@@ -43,6 +43,11 @@ def run_engine_until_stopped(engine: Engine, *, until_idle: bool = False) -> Non
     )
 
 
+def warm_up_event_loop() -> None:
+    """Load the event loop's code (anyio's asyncio backend, uvloop) ahead of the engine."""
+    anyio.run(anyio.sleep, 0, backend="asyncio", backend_options={"use_uvloop": True})
+
+
 class EngineThread:
     """The app's embedded engine: one per server process, started by the lifespan.
 

@@ -284,8 +284,10 @@ def default_headers(settings: Settings) -> dict[str, str]:
 def build_transport(settings: Settings, guard: Guard | None) -> GuardedTransport:
     """The transport alone. The fetcher sends through it directly: every request it builds
     is complete (headers, timeouts; no cookies, auth or redirects to handle), so the client
-    layer would only add work to each image."""
-    return GuardedTransport(guard, ssl_context=ssl_context())
+    layer would only add work to each image. Its TLS context is made on the first https
+    connection: loading the CA bundle costs ~35 ms, which a job of plain http:// URLs (and
+    every engine's start) need not pay."""
+    return GuardedTransport(guard)
 
 
 def build_client(settings: Settings, guard: Guard | None) -> httpx.AsyncClient:
