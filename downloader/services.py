@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,16 +37,16 @@ def build_services(settings: Settings | None = None) -> Services:
 
 def run_engine_until_stopped(engine: Engine, *, until_idle: bool = False) -> None:
     """Run an engine on a fresh event loop in the calling thread (uvloop when present)."""
-    anyio.run(
-        lambda: engine.run(until_idle=until_idle),
-        backend="asyncio",
-        backend_options={"use_uvloop": True},
-    )
+    _run_on_event_loop(lambda: engine.run(until_idle=until_idle))
 
 
 def warm_up_event_loop() -> None:
     """Load the event loop's code (anyio's asyncio backend, uvloop) ahead of the engine."""
-    anyio.run(anyio.sleep, 0, backend="asyncio", backend_options={"use_uvloop": True})
+    _run_on_event_loop(lambda: anyio.sleep(0))
+
+
+def _run_on_event_loop(main: Callable[[], Awaitable[object]]) -> None:
+    anyio.run(main, backend="asyncio", backend_options={"use_uvloop": True})
 
 
 class EngineThread:

@@ -223,8 +223,8 @@ def test_failed_and_rejected_csvs_stream_every_row_once_in_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Both CSVs read the database a batch at a time (a job may have a million such rows):
-    with batches of 7, 40 failed images and 40 rejected rows span several batches and still
-    come out complete, in order, with no row twice."""
+    with batches of 7 for 40 failed images and 40 rejected rows, every row still comes out,
+    in order, once."""
     from downloader.jobs import details
 
     monkeypatch.setattr(details, "STREAM_BATCH", 7)

@@ -108,14 +108,9 @@ def failed_images(
     text: str | None = None,
     limit: int | None = 1000,
 ) -> pd.DataFrame:
-    import pandas as pd
-
-    query = _failed_query(job_id, error_code=error_code, text=text)
-    if limit is not None:
-        query = query.limit(limit)
-    with db.read() as session:
-        rows = session.execute(query).all()
-    return pd.DataFrame(rows, columns=FAILED_COLUMNS)
+    return _frame(
+        db, _failed_query(job_id, error_code=error_code, text=text), limit, FAILED_COLUMNS
+    )
 
 
 def failed_csv(db: Database, job_id: str) -> Iterator[bytes]:
@@ -149,6 +144,17 @@ def _failed_query(
     return query
 
 
+def _frame(db: Database, query: Select[Any], limit: int | None, columns: list[str]) -> pd.DataFrame:
+    """The first `limit` rows of `query` (all with None) as a table for the page."""
+    import pandas as pd
+
+    if limit is not None:
+        query = query.limit(limit)
+    with db.read() as session:
+        rows = session.execute(query).all()
+    return pd.DataFrame(rows, columns=columns)
+
+
 def _stream_rows(db: Database, query: Select[Any]) -> Iterator[tuple[Any, ...]]:
     """The rows of `query` a batch at a time: a job may have a million of them."""
     with db.read() as session:
@@ -158,14 +164,7 @@ def _stream_rows(db: Database, query: Select[Any]) -> Iterator[tuple[Any, ...]]:
 
 def rejected_rows(db: Database, job_id: str, *, limit: int | None = 1000) -> pd.DataFrame:
     """The input rows left out of the job (kind 'rejected' or 'duplicate'), in input order."""
-    import pandas as pd
-
-    query = _rejected_query(job_id)
-    if limit is not None:
-        query = query.limit(limit)
-    with db.read() as session:
-        rows = session.execute(query).all()
-    return pd.DataFrame(rows, columns=REJECTED_COLUMNS)
+    return _frame(db, _rejected_query(job_id), limit, REJECTED_COLUMNS)
 
 
 def rejected_csv(db: Database, job_id: str) -> Iterator[bytes]:
