@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import os
 import zlib
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -95,13 +96,18 @@ class BodyReceiver:
         self.pid = os.getpid()  # in the temp file names, so a restart can clean up
 
     async def receive(
-        self, response: httpx.Response, attempts: int, url: httpx.URL
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        chunks: AsyncIterator[bytes],
+        attempts: int,
+        url: httpx.URL,
     ) -> FetchOutcome | Failure:
-        """The body of a 2xx `response` as a successful outcome (the caller owns its temp
-        file), or the failure; no file is left behind on failure or cancellation."""
-        status = response.status_code
+        """The body (`chunks`, undecoded as they arrived) of a 2xx response with `headers`
+        (lower-cased names) as a successful outcome (the caller owns its temp file), or the
+        failure; no file is left behind on failure or cancellation."""
         limit = self.limit
-        encoding = response.headers.get("content-encoding", "").strip().lower()
+        encoding = headers.get("content-encoding", "").strip().lower()
         decoder: _Decoder | None = None
         if encoding in ("", "identity"):
             pass
@@ -115,7 +121,7 @@ class BodyReceiver:
                 f"The server sent the file with an unsupported encoding ({encoding[:40]}).",
                 status=status,
             )
-        length_header = response.headers.get("content-length")
+        length_header = headers.get("content-length")
         length = int(length_header) if length_header and length_header.isdigit() else None
         if length is not None and length > limit:
             return Failure(
@@ -141,7 +147,7 @@ class BodyReceiver:
         keep = False
         try:
             try:
-                async for chunk in response.aiter_raw():
+                async for chunk in chunks:
                     received += len(chunk)
                     if decoder is None:
                         pieces: list[bytes] | tuple[bytes] = (chunk,)

@@ -99,28 +99,19 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         self._next_sweep = 0.0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        scheme = url.raw_scheme
-        if scheme not in DEFAULT_PORTS:
-            raise httpx.UnsupportedProtocol(f"unsupported scheme {url.scheme!r}", request=request)
-        host = url.raw_host.decode("ascii")
-        if not host:
-            raise httpx.UnsupportedProtocol("the URL has no host", request=request)
-        port = url.port or DEFAULT_PORTS[scheme]
-        timeout = request.extensions.get("timeout") or {}
-        connection = self._idle_connection((scheme, host, port))
-        if connection is None:
-            connection = await self._connect(request, scheme, host, port, timeout)
         try:
-            await connection.exchange(request_bytes(request), head_only=request.method == "HEAD")
-        except BaseException as exc:
-            self._drop(connection)
-            if isinstance(exc, httpx.TransportError):
-                exc.request = request
+            connection = await self.send(
+                request.url,
+                request_bytes(request),
+                request.extensions.get("timeout") or {},
+                head_only=request.method == "HEAD",
+            )
+        except httpx.TransportError as exc:
+            exc.request = request
             raise
         extensions: dict[str, Any] = {
             "http_version": b"HTTP/" + connection.http_version.encode("ascii"),
-            "pool_key": (scheme, host, port),
+            "pool_key": connection.key,
         }
         if connection.reason:
             extensions["reason_phrase"] = connection.reason
@@ -131,6 +122,35 @@ class GuardedTransport(httpx.AsyncBaseTransport):
             request=request,
             extensions=extensions,
         )
+
+    async def send(
+        self,
+        url: httpx.URL,
+        request: bytes,
+        timeout: dict[str, float | None],
+        *,
+        head_only: bool = False,
+    ) -> HttpConnection:
+        """Send `request` (its bytes as on the wire) to `url`'s server; the connection, with
+        the response's head read. The caller reads its body (`HttpConnection.body`) and hands
+        it back with `release`. Without httpx's Request and Response objects: the fetcher sends
+        every image this way, and building them cost ~6% of an engine's CPU."""
+        scheme = url.raw_scheme
+        if scheme not in DEFAULT_PORTS:
+            raise httpx.UnsupportedProtocol(f"unsupported scheme {url.scheme!r}")
+        host = url.raw_host.decode("ascii")
+        if not host:
+            raise httpx.UnsupportedProtocol("the URL has no host")
+        port = url.port or DEFAULT_PORTS[scheme]
+        connection = self._idle_connection((scheme, host, port))
+        if connection is None:
+            connection = await self._connect(scheme, host, port, timeout)
+        try:
+            await connection.exchange(request, head_only=head_only)
+        except BaseException:
+            self._drop(connection)
+            raise
+        return connection
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -179,7 +199,6 @@ class GuardedTransport(httpx.AsyncBaseTransport):
 
     async def _connect(
         self,
-        request: httpx.Request,
         scheme: bytes,
         host: str,
         port: int,
@@ -189,7 +208,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         tls = scheme == b"https"
         try:
             async with asyncio.timeout(timeout.get("connect")):
-                addresses = await self._addresses(request, host, port)
+                addresses = await self._addresses(host, port)
                 last_error: OSError | None = None
                 for family, proto, address, address_port in addresses:
                     try:
@@ -204,27 +223,27 @@ class GuardedTransport(httpx.AsyncBaseTransport):
                         )
                         break
                     except (ssl.SSLError, ssl.CertificateError) as exc:
-                        raise TLSError(describe_os_error(exc), request=request) from exc
+                        raise TLSError(describe_os_error(exc)) from exc
                     except OSError as exc:
                         last_error = exc
                 else:
                     detail = (
                         describe_os_error(last_error) if last_error else "no address to connect to"
                     )
-                    raise httpx.ConnectError(detail, request=request)
+                    raise httpx.ConnectError(detail)
         except TimeoutError as exc:
-            raise httpx.ConnectTimeout("connect timeout", request=request) from exc
+            raise httpx.ConnectTimeout("connect timeout") from exc
         connection.key = (scheme, host, port)
         self._open.add(connection)
         return connection
 
-    async def _addresses(self, request: httpx.Request, host: str, port: int) -> list[Address]:
+    async def _addresses(self, host: str, port: int) -> list[Address]:
         """Where to connect: an IP literal once the guard allows it, or the vetted addresses
         DNS returned (cached)."""
         if self.guard is not None:
             reason = self.guard.check_host(host)
             if reason is not None:
-                raise BlockedAddress(reason, request=request)
+                raise BlockedAddress(reason)
         literal = parse_ip_host(host)
         if literal is not None:
             family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
@@ -245,9 +264,9 @@ class GuardedTransport(httpx.AsyncBaseTransport):
                 )
                 addresses = [(info[0], info[2], info[4][0], info[4][1]) for info in infos]
         except AddressBlockedError as exc:
-            raise BlockedAddress(exc.reason, request=request) from exc
+            raise BlockedAddress(exc.reason) from exc
         except OSError as exc:
-            raise httpx.ConnectError(describe_os_error(exc), request=request) from exc
+            raise httpx.ConnectError(describe_os_error(exc)) from exc
         self._dns[(host, port)] = (now + DNS_CACHE_SECONDS, addresses)
         return addresses
 

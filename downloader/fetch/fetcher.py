@@ -49,6 +49,7 @@ from downloader.fetch.outcomes import (
 )
 from downloader.fetch.retry import RetryPolicy, is_retryable_status, parse_retry_after
 from downloader.fetch.tempfiles import TEMP_SUFFIX
+from downloader.fetch.wire import HttpConnection, header_map
 from downloader.guard import Guard
 
 if TYPE_CHECKING:
@@ -84,11 +85,11 @@ def _host_key(url: httpx.URL) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _reason_phrase(response: httpx.Response) -> str:
+def _reason_phrase(connection: HttpConnection) -> str:
     try:
-        return http.HTTPStatus(response.status_code).phrase
+        return http.HTTPStatus(connection.status).phrase
     except ValueError:
-        return response.reason_phrase or ""
+        return connection.reason.decode("ascii", errors="ignore")
 
 
 class Fetcher:
@@ -125,7 +126,14 @@ class Fetcher:
             settings.circuit_breaker_failures, settings.circuit_breaker_cooldown
         )
         self._deadline = settings.download_deadline
-        self._headers = httpx.Headers(default_headers(settings))
+        # The request's header lines after Host, as httpx would write them.
+        self._head = (
+            b"".join(
+                name.encode("ascii") + b": " + value.encode("ascii") + b"\r\n"
+                for name, value in default_headers(settings).items()
+            )
+            + b"\r\n"
+        )
         self._timeout = httpx.Timeout(
             connect=settings.http_connect_timeout,
             read=settings.http_read_timeout,
@@ -201,7 +209,7 @@ class Fetcher:
             self.stats.failed += 1
         return outcome
 
-    async def _fetch(self, transport: httpx.AsyncBaseTransport, url: str) -> FetchOutcome:
+    async def _fetch(self, transport: GuardedTransport, url: str) -> FetchOutcome:
         refusal = self.guard.vet_url(url)
         if refusal is not None:
             return FetchOutcome(ok=False, error_code=refusal.code, error=refusal.reason)
@@ -244,7 +252,7 @@ class Fetcher:
             return self._failure(job, result)
 
     async def _hop(
-        self, transport: httpx.AsyncBaseTransport, job: _Job, host: str
+        self, transport: GuardedTransport, job: _Job, host: str
     ) -> FetchOutcome | _Redirect | Failure:
         """One request under the host and global slots, the breaker, the pacer, the deadline."""
         loop = asyncio.get_running_loop()
@@ -297,14 +305,12 @@ class Fetcher:
             self._hosts.release(host)
 
     async def _exchange(
-        self, transport: httpx.AsyncBaseTransport, job: _Job
+        self, transport: GuardedTransport, job: _Job
     ) -> FetchOutcome | _Redirect | Failure:
-        request = httpx.Request(
-            "GET", job.current, headers=self._headers, extensions={"timeout": self._timeout}
-        )
+        url = job.current
         self.stats.requests += 1
         try:
-            response = await transport.handle_async_request(request)
+            connection = await transport.send(url, self._request_head(url), self._timeout)
         except BlockedAddress as exc:
             return Failure("blocked_address", as_sentence(exc.reason), reachable=None)
         except TLSError as exc:
@@ -350,18 +356,26 @@ class Fetcher:
                 reachable=False,
             )
         try:
-            return await self._handle(response, job)
+            return await self._handle(connection, job)
         finally:
-            await response.aclose()
+            transport.release(connection)  # pooled only if the body was read to its end
+
+    def _request_head(self, url: httpx.URL) -> bytes:
+        """GET `url` as sent on the wire: what httpx.Request would send (Host first, then
+        the default headers), built without it."""
+        return b"".join(
+            (b"GET ", url.raw_path or b"/", b" HTTP/1.1\r\nHost: ", url.netloc, b"\r\n", self._head)
+        )
 
     async def _handle(
-        self, response: httpx.Response, job: _Job
+        self, connection: HttpConnection, job: _Job
     ) -> FetchOutcome | _Redirect | Failure:
-        status = response.status_code
-        if status in REDIRECT_STATUSES and "location" in response.headers:
-            await self._drain(response)
+        status = connection.status
+        headers = header_map(connection.headers)
+        if status in REDIRECT_STATUSES and "location" in headers:
+            await self._drain(connection, headers)
             try:
-                target = job.current.join(response.headers["location"])
+                target = job.current.join(headers["location"])
             except (httpx.InvalidURL, ValueError):
                 return Failure(
                     "bad_url",
@@ -370,27 +384,29 @@ class Fetcher:
                 )
             return _Redirect(target, status)
         if not 200 <= status < 300 or status == 206:
-            await self._drain(response)
+            await self._drain(connection, headers)
             retryable = is_retryable_status(status)
             retry_after = None
             if retryable:
-                retry_after = parse_retry_after(response.headers.get("retry-after"))
+                retry_after = parse_retry_after(headers.get("retry-after"))
             return Failure(
                 f"http_{status}",
-                f"The server answered {status} {_reason_phrase(response)}.".replace(" .", "."),
+                f"The server answered {status} {_reason_phrase(connection)}.".replace(" .", "."),
                 status=status,
                 retryable=retryable,
                 retry_after=retry_after,
             )
-        return await self._body.receive(response, job.attempts, job.current)
+        return await self._body.receive(
+            status, headers, connection.body(), job.attempts, job.current
+        )
 
-    async def _drain(self, response: httpx.Response) -> None:
+    async def _drain(self, connection: HttpConnection, headers: dict[str, str]) -> None:
         """Read a small body to the end (keeps the connection reusable); skip big ones."""
-        length = response.headers.get("content-length")
+        length = headers.get("content-length")
         if length is None or not length.isdigit() or int(length) > DRAIN_LIMIT:
             return
         with contextlib.suppress(httpx.HTTPError):
-            async for _ in response.aiter_raw():
+            async for _ in connection.body():
                 pass
 
     # -- outcomes ----------------------------------------------------------------------------

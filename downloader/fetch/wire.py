@@ -216,6 +216,20 @@ def describe_os_error(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
+def header_map(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Lower-cased names to values, as httpx's `Headers.get` reads them: a repeated header's
+    values joined with ", ", UTF-8 text where the bytes are UTF-8, Latin-1 otherwise."""
+    mapped: dict[str, str] = {}
+    for raw_name, raw_value in headers:
+        name = raw_name.lower().decode("latin-1")
+        try:
+            value = raw_value.decode("utf-8")
+        except UnicodeDecodeError:
+            value = raw_value.decode("latin-1")
+        mapped[name] = f"{mapped[name]}, {value}" if name in mapped else value
+    return mapped
+
+
 def request_bytes(request: httpx.Request) -> bytes:
     """The request's head (and body, if it has one) as sent on the wire."""
     target = request.url.raw_path or b"/"
