@@ -3,6 +3,7 @@ the local storage folder."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import zipfile
@@ -11,7 +12,7 @@ from pathlib import Path
 import anyio
 
 from downloader import jobs
-from downloader.engine import Engine
+from downloader.engine import DownloadTasks, Engine
 from downloader.inputs import parse_text
 from downloader.services import Services, build_services
 from downloader.settings import load_settings
@@ -152,3 +153,26 @@ def test_download_qps_is_honoured(tmp_path: Path, image_server: ImageServer) -> 
     # no window of one second holds much more than qps (server-side timing jitter allowed)
     for i, t in enumerate(starts):
         assert sum(1 for u in starts[i:] if u - t < 1.0) <= qps + 3
+
+
+def test_download_tasks_cancel_all_ends_every_running_download() -> None:
+    """The engine's downloads are plain asyncio tasks: `cancel_all` cancels the running ones
+    and returns only once they have ended (their leases are released after it)."""
+    ended: list[str] = []
+
+    async def download(name: str) -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            ended.append(name)
+
+    async def main() -> None:
+        tasks = DownloadTasks()
+        tasks.start(download("a"))
+        tasks.start(download("b"))
+        await asyncio.sleep(0)
+        await tasks.cancel_all()
+        assert sorted(ended) == ["a", "b"]
+        await tasks.cancel_all()  # nothing left: returns at once
+
+    asyncio.run(main())

@@ -83,6 +83,18 @@ def test_request_headers(image_server: ImageServer, tmp_path: Path) -> None:
     assert "cookie" not in record.headers
 
 
+def test_request_head_is_what_httpx_would_send(image_server: ImageServer, tmp_path: Path) -> None:
+    """The fetcher writes its request head itself (no httpx.Request): Host names the address
+    and port, the query is kept, and what a URL may not hold is percent-encoded as httpx does."""
+    url = image_server.url("img/a b é.jpg") + "?v=1&w=2"
+    assert fetch_one(make_settings(), tmp_path, url).ok
+    (record,) = image_server.requests
+    assert record.method == "GET"
+    assert record.headers["host"] == record.host
+    assert record.path == "/img/a%20b%20%C3%A9.jpg"
+    assert record.query == {"v": "1", "w": "2"}
+
+
 def test_cookies_are_not_kept(image_server: ImageServer, tmp_path: Path) -> None:
     image_server.add_route(
         r"/cookie/.*",

@@ -19,6 +19,7 @@ from downloader.fetch.client import BlockedAddress, build_client
 from downloader.fetch.limits import CircuitBreaker, HostSlots, Pacer, Slots, scaled
 from downloader.fetch.retry import RetryPolicy, is_retryable_status, parse_retry_after
 from downloader.fetch.sniff import SniffError, describe_non_image, image_info, sniff_format
+from downloader.fetch.wire import header_map
 from downloader.guard import Guard
 from downloader.settings import load_settings
 from tests.support.imageserver import bomb_png, image_bytes
@@ -310,3 +311,24 @@ def test_transport_refuses_ip_literals_before_connecting(tmp_path: Path) -> None
             assert "loopback" in info.value.reason
 
     asyncio.run(main())
+
+
+# -- response headers ----------------------------------------------------------------------------
+
+
+def test_header_map_reads_headers_as_httpx_does() -> None:
+    """Lower-cased names; a repeated header's values joined (so stacked encodings stay
+    visible); UTF-8 where the bytes are UTF-8, Latin-1 otherwise."""
+    mapped = header_map(
+        [
+            (b"Content-Encoding", b"gzip"),
+            (b"content-encoding", b"br"),
+            (b"Location", "/caf\u00e9.jpg".encode()),
+            (b"X-Old", b"caf\xe9"),
+        ]
+    )
+    assert mapped == {
+        "content-encoding": "gzip, br",
+        "location": "/caf\u00e9.jpg",
+        "x-old": "caf\u00e9",
+    }

@@ -2,9 +2,11 @@
 
 httpx stays the API (httpx.Request in, httpx.Response out: the transport is the one I/O seam).
 The wire work is `wire.HttpConnection` (asyncio + httptools), which costs far less CPU per
-image than httpcore or aiohttp's client (see benchmarks/bench_fetch.py). The fetcher sends its
-requests through the transport directly; `build_client` wraps it in an httpx.AsyncClient for
-everything else. The transport
+image than httpcore or aiohttp's client (see benchmarks/bench_fetch.py). The fetcher uses the
+transport's own `send` (an httpx.URL and the request's bytes in, the connection with the
+response's head out), which skips building httpx's Request and Response for every image;
+`handle_async_request` is `send` under httpx's API, and `build_client` wraps the transport in
+an httpx.AsyncClient for everything else. The transport
 
 * vets the connect target: names through the guard's resolver (every resolved address is
   checked and only vetted ones are connected to; vetted answers are cached for
@@ -301,9 +303,9 @@ def default_headers(settings: Settings) -> dict[str, str]:
 
 
 def build_transport(settings: Settings, guard: Guard | None) -> GuardedTransport:
-    """The transport alone. The fetcher sends through it directly: every request it builds
-    is complete (headers, timeouts; no cookies, auth or redirects to handle), so the client
-    layer would only add work to each image. Its TLS context is made on the first https
+    """The transport alone. The fetcher sends through it directly (`GuardedTransport.send`):
+    its requests need no cookies, auth or redirect handling, so the client layer would only
+    add work to each image. Its TLS context is made on the first https
     connection: loading the CA bundle costs ~35 ms, which a job of plain http:// URLs (and
     every engine's start) need not pay."""
     return GuardedTransport(guard)
