@@ -48,7 +48,6 @@ BACKLOG_SLOTS = 6  # claimed images waiting for a slot, in slot-fulls (see _comp
 CLAIM_SLOTS = 2  # the smallest claim, in slot-fulls
 
 
-@dataclass
 class DownloadTasks:
     """The engine's downloads as plain asyncio tasks. An anyio task group spawned each one
     with a task handle and a cancel scope: ~4% of an engine's CPU in a cProfile of a 10,000-
@@ -77,6 +76,7 @@ class DownloadTasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
+@dataclass
 class EngineStats:
     claimed: int = 0
     finished: int = 0

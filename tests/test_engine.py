@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import time
 import zipfile
 from pathlib import Path
 
@@ -33,8 +34,12 @@ def make_services(tmp_path: Path, **overrides: object) -> Services:
 
 def run_job(services: Services, text: str) -> str:
     job = jobs.create_job(services.db, parse_text(text))
+    made = time.monotonic()
     engine = Engine(services.db, services.storage, services.settings, job_id=job.id, share=1.0)
-    anyio.run(lambda: engine.run(until_idle=True))
+    stats = anyio.run(lambda: engine.run(until_idle=True))
+    # the engine's own counters, started when it was made
+    assert made <= stats.started_at <= time.monotonic()
+    assert stats.finished == stats.claimed == job.images
     return job.id
 
 
