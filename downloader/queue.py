@@ -7,11 +7,12 @@ FOR UPDATE SKIP LOCKED so concurrent workers never take the same image.
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy import Connection, func, select, text, update
 from sqlmodel import Session
 
 from downloader.db import Database, rowcount
@@ -22,6 +23,13 @@ from downloader.models import (
     ImageStatus,
     JobStatus,
 )
+
+# Plain strings for the driver-level statements, which bypass SQLAlchemy's type handling.
+_QUEUED = ImageStatus.QUEUED.value
+_DOWNLOADING = ImageStatus.DOWNLOADING.value
+_DONE = ImageStatus.DONE.value
+_DUPLICATE = ImageStatus.DUPLICATE.value
+PENDING_STATUS_VALUES = tuple(status.value for status in PENDING_IMAGE_STATUSES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,33 +116,19 @@ def claim(
 def _claim_from_job(
     db: Database, session: Session, job_id: str, worker_id: str, limit: int, expires: float
 ) -> list[Claim]:
+    """Lease the job's first `limit` queued images and read them back, in one statement.
+
+    Driver-level SQL (as every per-batch statement here): built by SQLAlchemy, the three
+    statements this replaced cost more CPU than SQLite took to run them (bench_queue.py)."""
+    conn = session.connection()
+    m = _mark(conn)
     lock = " FOR UPDATE SKIP LOCKED" if db.is_postgres else ""
-    ids = [
-        row[0]
-        for row in session.execute(
-            text(
-                "SELECT id FROM image WHERE job_id = :job AND status = 'queued'"
-                f" ORDER BY id LIMIT :n{lock}"
-            ),
-            {"job": job_id, "n": limit},
-        )
-    ]
-    if not ids:
-        return []
-    session.execute(
-        update(IMAGE)
-        .where(IMAGE.c.id.in_(ids))
-        .values(status=ImageStatus.DOWNLOADING, lease_owner=worker_id, lease_expires=expires)
-    )
-    rows = session.execute(
-        select(
-            IMAGE.c.id,
-            IMAGE.c.job_id,
-            IMAGE.c.product_id,
-            IMAGE.c.position,
-            IMAGE.c.url,
-            IMAGE.c.attempts,
-        ).where(IMAGE.c.id.in_(ids))
+    rows = conn.exec_driver_sql(
+        f"UPDATE image SET status = {m}, lease_owner = {m}, lease_expires = {m}"
+        f" WHERE id IN (SELECT id FROM image WHERE job_id = {m} AND status = {m}"
+        f" ORDER BY id LIMIT {m}{lock})"
+        " RETURNING id, job_id, product_id, position, url, attempts",
+        (_DOWNLOADING, worker_id, expires, job_id, _QUEUED, limit),
     )
     return [
         Claim(image_id, job, product_id, position, url, attempts, leased_until=expires)
@@ -175,6 +169,7 @@ _RESULT_COLUMNS = (
     "height",
     "storage_key",
 )
+_result_values = operator.attrgetter(*_RESULT_COLUMNS[1:])  # after the status, in one call
 
 
 def record_results(db: Database, worker_id: str, results: Sequence[Result]) -> FlushReport:
@@ -187,37 +182,26 @@ def record_results(db: Database, worker_id: str, results: Sequence[Result]) -> F
     if not results:
         return report
     now = time.time()
-    params = [
-        {
-            "b_id": r.image_id,
-            "b_owner": worker_id,
-            **{f"b_{name}": getattr(r, name) for name in _RESULT_COLUMNS},
-            "b_now": now,
-        }
-        for r in sorted(results, key=lambda r: r.image_id)  # one lock order for every writer
-    ]
-    statement = (
-        update(IMAGE)
-        .where(
-            IMAGE.c.id == bindparam("b_id"),
-            IMAGE.c.lease_owner == bindparam("b_owner"),
-        )
-        .values(
-            **{name: bindparam(f"b_{name}") for name in _RESULT_COLUMNS},
-            lease_owner=None,
-            lease_expires=None,
-            updated_at=bindparam("b_now"),
-        )
-    )
     ids = [r.image_id for r in results]
     with db.write() as session:
-        # executemany: the driver reports the summed rowcount
-        outcome = session.connection().execute(statement, params)
+        conn = session.connection()
+        m = _mark(conn)
+        assignments = ", ".join(f"{name} = {m}" for name in _RESULT_COLUMNS)
+        # executemany with plain tuples: the driver reports the summed rowcount
+        outcome = conn.exec_driver_sql(
+            f"UPDATE image SET {assignments}, lease_owner = NULL, lease_expires = NULL,"
+            f" updated_at = {m} WHERE id = {m} AND lease_owner = {m}",
+            [
+                (str(r.status), *_result_values(r), now, r.image_id, worker_id)
+                for r in sorted(results, key=lambda r: r.image_id)  # one lock order for all
+            ],
+        )
         written = rowcount(outcome)
         report.written = written
         report.stale = len(results) - written
-        touched = session.execute(
-            select(IMAGE.c.job_id, IMAGE.c.product_id).where(IMAGE.c.id.in_(ids)).distinct()
+        touched = conn.exec_driver_sql(
+            f"SELECT DISTINCT job_id, product_id FROM image WHERE id IN {_marks(m, len(ids))}",
+            tuple(ids),
         ).all()
         product_ids = sorted({product_id for _, product_id in touched})
         job_ids = sorted({job for job, _ in touched})
@@ -226,6 +210,16 @@ def record_results(db: Database, worker_id: str, results: Sequence[Result]) -> F
         report.duplicate_keys = _settle_products(session, product_ids)
         report.completed_jobs = _settle_jobs(session, job_ids, now)
     return report
+
+
+def _mark(conn: Connection) -> str:
+    """The driver's positional placeholder: ? for sqlite3, %s for psycopg."""
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def _marks(mark: str, count: int) -> str:
+    """A parenthesised list of `count` placeholders, for IN."""
+    return "(" + ", ".join([mark] * count) + ")"
 
 
 _PG_SETTLE_LOCK = 726_473_002  # advisory-lock class for settling one job's products
@@ -253,52 +247,35 @@ def _settle_products(session: Session, product_ids: Sequence[int]) -> list[str]:
     Waiting for the whole product makes "the later image is the duplicate" follow input
     order, not the order downloads happened to finish in.
     """
-    finished = _finished_products(session, product_ids)
-    if not finished:
+    if not product_ids:
         return []
-    rows = session.execute(
-        select(IMAGE.c.id, IMAGE.c.product_id, IMAGE.c.sha256, IMAGE.c.storage_key)
-        .where(
-            IMAGE.c.product_id.in_(finished),
-            IMAGE.c.status == ImageStatus.DONE,
-        )
-        .order_by(IMAGE.c.product_id, IMAGE.c.position)
+    conn = session.connection()
+    m = _mark(conn)
+    # Products with nothing pending, and the images already downloaded in them.
+    rows = conn.exec_driver_sql(
+        f"SELECT id, product_id, sha256, storage_key FROM image WHERE status = {m}"
+        f" AND product_id IN (SELECT product_id FROM image WHERE product_id IN"
+        f" {_marks(m, len(product_ids))} GROUP BY product_id"
+        f" HAVING SUM(CASE WHEN status IN {_marks(m, len(PENDING_STATUS_VALUES))}"
+        " THEN 1 ELSE 0 END) = 0) ORDER BY product_id, position",
+        (_DONE, *product_ids, *PENDING_STATUS_VALUES),
     ).all()
     first_by_hash: dict[tuple[int, str], int] = {}
-    duplicates: list[dict[str, object]] = []
+    duplicates: list[tuple[str, int, int]] = []
     keys: list[str] = []
     for image_id, product_id, sha, key in rows:
         original = first_by_hash.setdefault((product_id, sha), image_id)
         if original != image_id:
-            duplicates.append({"b_id": image_id, "b_of": original})
+            duplicates.append((_DUPLICATE, original, image_id))
             if key:
                 keys.append(key)
     if duplicates:
-        table = IMAGE
-        session.connection().execute(
-            update(table)
-            .where(table.c.id == bindparam("b_id"))
-            .values(
-                status=ImageStatus.DUPLICATE, duplicate_of_id=bindparam("b_of"), storage_key=None
-            ),
+        conn.exec_driver_sql(
+            f"UPDATE image SET status = {m}, duplicate_of_id = {m}, storage_key = NULL"
+            f" WHERE id = {m}",
             duplicates,
         )
     return keys
-
-
-def _finished_products(session: Session, product_ids: Sequence[int]) -> list[int]:
-    if not product_ids:
-        return []
-    pending = func.sum(
-        func.cast(IMAGE.c.status.in_(PENDING_IMAGE_STATUSES), type_=IMAGE.c.attempts.type)
-    )
-    rows = session.execute(
-        select(IMAGE.c.product_id)
-        .where(IMAGE.c.product_id.in_(product_ids))
-        .group_by(IMAGE.c.product_id)
-        .having(pending == 0)
-    ).all()
-    return [row[0] for row in rows]
 
 
 def _settle_jobs(session: Session, job_ids: Iterable[str], now: float) -> list[str]:

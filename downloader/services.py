@@ -91,9 +91,9 @@ class EngineThread:
             self.engine = self._new_engine()
 
     def start(self) -> None:
-        from downloader.processes import limit_malloc_arenas
+        from downloader.processes import tune_malloc
 
-        limit_malloc_arenas()  # a long-running server: see the function
+        tune_malloc()  # a long-running server: see the function
         self._thread.start()
 
     @property

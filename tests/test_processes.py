@@ -42,9 +42,9 @@ def test_engine_gc_tuning_freezes_start_up_objects_and_raises_the_young_threshol
 
 ARENAS_SCRIPT = """
 import sys, threading, ctypes, ctypes.util
-from downloader.processes import limit_malloc_arenas
+from downloader.processes import tune_malloc
 if sys.argv[1] == "limited":
-    assert limit_malloc_arenas()
+    assert tune_malloc()
 held, ready = [], threading.Barrier(5)
 def work():
     held.append([bytearray(200_000) for _ in range(20)])  # malloc'd in this thread
@@ -75,3 +75,36 @@ def test_engines_allocate_from_one_malloc_arena_whatever_their_threads() -> None
     """Per-thread arenas stranded the free memory of an engine's database threads."""
     assert malloc_arenas("default") >= 3  # glibc gives new threads arenas of their own
     assert malloc_arenas("limited") == 1
+
+
+FAULTS_SCRIPT = """
+import resource, sys
+from downloader.processes import tune_malloc
+if sys.argv[1] == "tuned":
+    assert tune_malloc()
+body = bytes(range(256)) * 860  # a 220 KB response body
+for _ in range(50):  # warm up: the heap grows to its working size
+    bytes(bytearray(body))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(2000):  # a buffer per body, as the fetcher's receive path has
+    bytes(bytearray(body))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def page_faults(mode: str) -> int:
+    out = subprocess.run(
+        [sys.executable, "-c", FAULTS_SCRIPT, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return int(out)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc thresholds")
+def test_engines_reuse_freed_body_buffers_instead_of_faulting_in_new_pages() -> None:
+    """Freed 220 KB buffers went back to the kernel, so every new one faulted in fresh pages."""
+    assert page_faults("default") > 20_000  # ~55 pages for each of 2 x 2,000 buffers
+    assert page_faults("tuned") < 1_000
