@@ -7,6 +7,8 @@ import asyncio
 import io
 import random
 import struct
+import subprocess
+import sys
 import zlib
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -280,6 +282,18 @@ def test_image_info_refuses_bombs(tmp_path: Path, size: tuple[int, int], words: 
         image_info(path, data[:64])
     assert info.value.code == "decompression_bomb"
     assert words in info.value.message
+
+
+def test_pixel_limit_is_pillows_own_and_engines_load_pillow_only_when_needed() -> None:
+    """The limit is Pillow's default; an engine's start no longer pays for loading Pillow."""
+    script = (
+        "import sys\n"
+        "import downloader.engine, downloader.fetch.sniff as sniff\n"
+        "assert 'PIL' not in sys.modules, 'Pillow loaded at start-up'\n"
+        "from PIL import Image\n"
+        "assert sniff.MAX_IMAGE_PIXELS == Image.MAX_IMAGE_PIXELS\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
 
 
 def test_image_info_refuses_text(tmp_path: Path) -> None:
