@@ -104,7 +104,6 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--job", help=argparse.SUPPRESS)  # used by `run` for its helper processes
     p.add_argument("--until-idle", action="store_true", help="exit when nothing is left to do")
     p.add_argument("--share", type=float, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--job-from-stdin", action="store_true", help=argparse.SUPPRESS)  # `run`'s
     p.set_defaults(handler=cmd_worker)
 
     p = sub.add_parser("cleanup", help="remove jobs older than JOB_RETENTION_DAYS now")
@@ -180,17 +179,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from downloader.services import run_engine_until_stopped
 
     job_id, share = args.job, args.share
-    services = services_for(args)  # before waiting: a waiting helper is ready sooner
+    services = services_for(args)
     tune_gc_for_engine()
-    if args.job_from_stdin:  # a helper `run` started before it read its input (run_helpers)
-        from downloader.run_helpers import read_assignment
-        from downloader.services import warm_up_event_loop
-
-        warm_up_event_loop()  # idle time now; ~30 ms of the engine's start otherwise
-        assignment = read_assignment()
-        if assignment is None:
-            return EXIT_OK  # not needed after all
-        job_id, share = assignment
     engine = Engine(
         services.db,
         services.storage,

@@ -37,27 +37,28 @@ IMAGES_PER_EXTRA_PROCESS = 400  # below this a second process costs more than it
 def cmd_run(args: argparse.Namespace) -> int:
     """Queue the input (or find its unfinished job), then download it to the end.
 
-    A big input (or standard input) is parsed in one process image and downloaded in another:
-    after queueing, `run` re-executes itself (same pid, so signals and process-tree
-    measurements are unaffected), so its engine never carries pandas, pyarrow or the parsed
-    table (~150 MB at 100,000 rows). A small input file (run_helpers.EARLY_MAX_INPUT_BYTES)
-    is downloaded by the same process image: its table is small, and loading the engine's code
-    a second time would cost more than half a second of a short job.
+    A small input file (run_helpers.SMALL_INPUT_BYTES, POSIX) is parsed in a forked child
+    while this process loads its database and engine code (forked_parse.py); the helper
+    engines are forks of this process once the job is queued. A big input (or standard
+    input) is parsed in one process image and downloaded in another: after queueing, `run`
+    re-executes itself (same pid, so signals and process-tree measurements are unaffected),
+    so its engine never carries pandas, pyarrow or the parsed table (~150 MB at 100,000 rows).
     """
     started = args.started if args.started is not None else time.time()
-    small_input = args.job is None and _is_small_input_file(args)
-    early = _spawn_early_helpers(args) if small_input else []
+    if args.job is None and _is_small_input_file(args):
+        return _run_small_input(args, started)
     from downloader import jobs
+    from downloader.inputs.to_rows import input_fingerprint
 
     services = services_for(args)
     if args.job is None:
         if args.input is None:
             raise CliError("run needs an INPUT file (or - for standard input)")
         parsed = parse_input(args, services.settings.max_rows_per_job)
-        fingerprint = jobs.input_fingerprint(parsed)
+        fingerprint = input_fingerprint(parsed)
         job_id = jobs.find_unfinished_job(services.db, fingerprint)
         if job_id:
-            print(f"resuming unfinished job {job_id} for the same input", file=sys.stderr)
+            _say_resuming(job_id)
             jobs.resume_job(services.db, job_id)
         else:
             job_id = jobs.create_job(
@@ -69,33 +70,51 @@ def cmd_run(args: argparse.Namespace) -> int:
                 fingerprint=fingerprint,
             ).id
         del parsed
-        if os.name == "posix" and not small_input:
+        if os.name == "posix":
             _exec_download_phase(args, services, job_id, started)
     else:
         job_id = jobs.get_job(services.db, args.job).id
-    return _download_phase(args, services, job_id, started, early)
+    return _download_phase(args, services, job_id, started)
+
+
+def _run_small_input(args: argparse.Namespace, started: float) -> int:
+    from downloader.forked_parse import parse_in_child
+
+    settings = settings_for(args)
+    parsing = parse_in_child(args, settings.max_rows_per_job)
+    # Loaded while the child parses: the database, the engine, the event loop.
+    import downloader.engine  # noqa: F401
+    from downloader import jobs
+    from downloader.services import warm_up_event_loop
+
+    services = services_for(args)
+    warm_up_event_loop()
+    rows = parsing.rows()
+    job_id = jobs.find_unfinished_job(services.db, rows.fingerprint)
+    if job_id:
+        _say_resuming(job_id)
+        jobs.resume_job(services.db, job_id)
+    else:
+        job_id = jobs.insert_job(
+            services.db, rows, name=args.name, source=source_name(args), created_by="cli"
+        ).id
+    del rows
+    return _download_phase(args, services, job_id, started, fork=True)
+
+
+def _say_resuming(job_id: str) -> None:
+    print(f"resuming unfinished job {job_id} for the same input", file=sys.stderr)
 
 
 def _is_small_input_file(args: argparse.Namespace) -> bool:
-    from downloader.run_helpers import EARLY_MAX_INPUT_BYTES
+    from downloader.run_helpers import SMALL_INPUT_BYTES
 
     if os.name != "posix" or args.input in (None, "-"):
         return False
     try:
-        return Path(args.input).stat().st_size <= EARLY_MAX_INPUT_BYTES
+        return Path(args.input).stat().st_size <= SMALL_INPUT_BYTES
     except OSError:
         return False  # reported by the parser
-
-
-def _spawn_early_helpers(args: argparse.Namespace) -> list[Helper]:
-    """Helpers started before a small input is read (run_helpers)."""
-    from downloader.run_helpers import spawn_waiting_helpers
-
-    settings = settings_for(args)
-    wanted = args.processes or settings.run_processes or os.cpu_count() or 1
-    return spawn_waiting_helpers(
-        wanted - 1, database_url=settings.database_url, media_root=settings.media_root
-    )
 
 
 def _exec_download_phase(
@@ -125,10 +144,13 @@ def _download_phase(
     services: Services,
     job_id: str,
     started: float,
-    early: list[Helper],
+    *,
+    fork: bool = False,
 ) -> int:
+    """Download the job to the end with this process's engine and its helpers (`fork`: forks
+    of this process, else started, or adopted after the exec)."""
     from downloader import jobs
-    from downloader.run_helpers import adopt_helpers, assign_helpers
+    from downloader.run_helpers import adopt_helpers
 
     if args.helpers is not None:  # started before the exec, with their share
         processes = args.processes
@@ -136,9 +158,8 @@ def _download_phase(
     else:
         pending = jobs.job_counts(services.db, job_id).pending
         processes = _process_count(args, services, pending)
-        if early:  # already loaded: give the job to as many as are useful, the others exit
-            assign_helpers(early, job_id, 1.0 / processes, used=processes - 1)
-            helpers = early
+        if fork:
+            helpers = _fork_helpers(services, job_id, processes)
         else:
             helpers = _spawn_helpers(services.settings, job_id, processes)
     # Loaded only now: the helpers start on their share while this process loads its engine.
@@ -171,6 +192,35 @@ def _process_count(args: argparse.Namespace, services: Services, pending: int) -
     wanted = args.processes or services.settings.run_processes or os.cpu_count() or 1
     useful = max(1, math.ceil(pending / IMAGES_PER_EXTRA_PROCESS))
     return max(1, min(wanted, useful))
+
+
+def _fork_helpers(services: Services, job_id: str, processes: int) -> list[Helper]:
+    """The `processes - 1` helper engines as forks of this process, each with 1/processes."""
+    from downloader.run_helpers import fork_helpers
+
+    def helper_engine() -> None:
+        from downloader.engine import Engine
+        from downloader.services import run_engine_until_stopped
+        from downloader.storage import make_storage
+
+        engine = Engine(
+            services.db,
+            make_storage(services.settings),  # S3's client keeps connections: not the parent's
+            services.settings,
+            kind="run",
+            job_id=job_id,
+            share=1.0 / processes,
+        )
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda _signum, _frame: engine.stop())
+        tune_gc_for_engine()
+        run_engine_until_stopped(engine, until_idle=True)
+        services.db.dispose()
+
+    if processes < 2:
+        return []
+    services.db.dispose()  # no connection is shared with a child: each opens its own
+    return fork_helpers(processes - 1, helper_engine)
 
 
 def _spawn_helpers(settings: Settings, job_id: str, processes: int) -> list[Helper]:

@@ -3,9 +3,12 @@ engines."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import os
+import signal
+import sys
 
 # Generation-0 threshold for engine processes (CPython's default is 700). An engine allocates
 # a few hundred short-lived objects per image, nearly all freed by reference counting; at the
@@ -67,6 +70,25 @@ def tune_malloc() -> bool:
             (M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD),
         )
     )
+
+
+def flush_standard_streams() -> None:
+    """Flush stdout and stderr, whatever state they are in (before a fork or an os._exit)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+
+
+def die_with_parent() -> None:
+    """Linux: this process (a child of `run`) gets SIGKILL when `run` dies, so a killed run
+    leaves no orphans. (An exec does not count as dying: `run`'s helpers outlive its
+    re-execution.)"""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 def pid_alive(pid: int) -> bool:

@@ -1,29 +1,31 @@
-"""`run`'s helper processes: extra engines beside the one in `run` itself, one per further core
-(`python -m downloader worker --job ID --until-idle --share S`).
+"""`run`'s helper processes: extra engines beside the one in `run` itself, one per further core.
 
-Their start-up (~0.6 s of CPU each: SQLAlchemy, SQLModel, httpx) should not delay the download:
+Their start-up (~0.6-1.1 s of CPU each: SQLAlchemy, SQLModel, httpx) should not delay the
+download:
 
-* for a small input file (up to EARLY_MAX_INPUT_BYTES) `run` starts them before it reads the
-  input; they load their code on the other core meanwhile, then wait on standard input for the
-  job id (`--job-from-stdin`); `run` then downloads in the same process image. A big input is
-  read first: the parser's peak memory and a helper's would add up.
-* otherwise `run` starts them with the job id just before it re-executes itself for its
-  download phase, so their start-up overlaps the re-executed process's own.
-
-The re-executed `run` keeps the same pid, so it is still their parent: it gets their pids on
-its command line, waits for them and passes stop signals on.
+* for a small input file (up to SMALL_INPUT_BYTES, POSIX) `run` has the input parsed in a
+  forked process while it loads its own code, then forks the helpers from itself once the job
+  is queued (`fork_helpers`): they start with every module loaded (cli_run.py).
+* otherwise `run` starts them (`python -m downloader worker --job ID --until-idle --share S`)
+  with the job id just before it re-executes itself for its download phase, so their start-up
+  overlaps the re-executed process's own. The re-executed `run` keeps the same pid, so it is
+  still their parent: it gets their pids on its command line, waits for them and passes stop
+  signals on.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
+import traceback
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 
-EARLY_MAX_INPUT_BYTES = 1_000_000  # ~20,000 CSV rows: the parser then stays well under 200 MB
+from downloader.processes import die_with_parent, flush_standard_streams
+
+SMALL_INPUT_BYTES = 1_000_000  # ~20,000 CSV rows: the parser then stays well under 200 MB
 
 
 @dataclass
@@ -53,43 +55,38 @@ def spawn_helpers(
     return [_start(arguments, database_url, media_root) for _ in range(count)]
 
 
-def spawn_waiting_helpers(count: int, *, database_url: str, media_root: str) -> list[Helper]:
-    """Start `count` helpers that load their code now, while `run` is still reading its input,
-    and then wait on standard input for their job (`assign_helpers`)."""
-    return [
-        _start(["--job-from-stdin"], database_url, media_root, stdin=subprocess.PIPE)
-        for _ in range(count)
-    ]
+def fork_helpers(count: int, engine: Callable[[], None]) -> list[Helper]:
+    """Fork `count` children of this process that each run `engine()` and exit (POSIX; call
+    it before this process starts any thread). A child dies with its parent, and what it
+    writes to standard output goes nowhere: the output is `run`'s."""
+    flush_standard_streams()  # or each child would write what is buffered again
+    helpers = []
+    for _ in range(count):
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the caller's code
+            code = 0
+            try:
+                die_with_parent()
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                engine()
+            except KeyboardInterrupt:
+                code = 130
+            except BaseException:  # reported here, then the child ends
+                traceback.print_exc()
+                code = 1
+            finally:
+                flush_standard_streams()
+                os._exit(code)
+        helpers.append(Helper(pid))
+    return helpers
 
 
-def assign_helpers(helpers: list[Helper], job_id: str, share: float, used: int) -> None:
-    """Send the first `used` waiting helpers `job_id` with `share` of the limits; the others
-    get nothing and exit. (A helper that died meanwhile is simply not there to help.)"""
-    for number, helper in enumerate(helpers):
-        stdin = helper.process.stdin if helper.process is not None else None
-        if stdin is None:
-            continue
-        with suppress(BrokenPipeError):
-            if number < used:
-                stdin.write(f"{job_id} {share!r}\n".encode())
-            stdin.close()
-
-
-def read_assignment() -> tuple[str, float] | None:
-    """A waiting helper's job id and share from standard input; None when `run` sent none."""
-    words = sys.stdin.readline().split()
-    if len(words) != 2:
-        return None
-    return words[0], float(words[1])
-
-
-def _start(
-    arguments: list[str], database_url: str, media_root: str, *, stdin: int | None = None
-) -> Helper:
+def _start(arguments: list[str], database_url: str, media_root: str) -> Helper:
     env = dict(os.environ, DATABASE_URL=database_url, MEDIA_ROOT=media_root)
     command = [sys.executable, "-m", "downloader", "worker", "--until-idle", *arguments]
     process = subprocess.Popen(
-        command, env=env, stdin=stdin, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent
+        command, env=env, stdout=subprocess.DEVNULL, preexec_fn=die_with_parent
     )
     return Helper(process.pid, process)
 
@@ -97,16 +94,3 @@ def _start(
 def adopt_helpers(pids: str | None) -> list[Helper]:
     """The helpers started before the exec, from their comma-separated pids."""
     return [Helper(int(pid)) for pid in (pids or "").split(",") if pid]
-
-
-def _die_with_parent() -> None:
-    """Linux: a helper gets SIGKILL when `run` dies, so a killed run leaves no orphans.
-    (An exec does not count as dying: the helpers outlive `run`'s re-execution.)"""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    except OSError:
-        pass

@@ -1,6 +1,7 @@
-"""`run`'s helper processes (downloader/run_helpers.py): for a small input they are started
-before the input is read and wait for their job; they take part in the download, and none
-outlives `run`, whether the job finishes, the input is unusable or fewer are needed."""
+"""`run`'s helper processes (downloader/run_helpers.py, downloader/forked_parse.py): for a small
+input the input is parsed in a forked child and the helper engines are forks of `run`; they take
+part in the download, and none outlives `run`, whether the job finishes, the input is unusable
+or fewer are needed."""
 
 from __future__ import annotations
 
@@ -17,26 +18,15 @@ import pytest
 from tests.support.imageserver import ImageServer
 from tests.test_cli import ROOT, Cli, add_slow_images, last_json, write_input
 
-WAITING_FLAG = "--job-from-stdin"
 
-
-def waiting_helpers(parent: psutil.Process) -> list[psutil.Process]:
-    found = []
-    for child in parent.children():
-        try:
-            if WAITING_FLAG in child.cmdline():
-                found.append(child)
-        except psutil.NoSuchProcess:
-            continue
-    return found
-
-
-def helpers_of(db_path: Path) -> list[psutil.Process]:
-    """Live helper processes (anywhere) working on this test's database."""
+def processes_of(db_path: Path) -> list[psutil.Process]:
+    """Live `python -m downloader` processes (anywhere) working on this test's database: `run`
+    itself, its forks and the helpers it started."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if WAITING_FLAG in (proc.info["cmdline"] or []) and str(db_path) in str(
+            cmdline = proc.info["cmdline"] or []
+            if "downloader" in cmdline and str(db_path) in str(
                 proc.environ().get("DATABASE_URL", "")
             ):
                 found.append(proc)
@@ -47,13 +37,13 @@ def helpers_of(db_path: Path) -> list[psutil.Process]:
 
 def wait_gone(db_path: Path, seconds: float = 10) -> None:
     deadline = time.monotonic() + seconds
-    while helpers_of(db_path):
+    while alive := [p for p in processes_of(db_path) if p.status() != psutil.STATUS_ZOMBIE]:
         if time.monotonic() > deadline:
-            pytest.fail(f"helpers still running: {helpers_of(db_path)}")
+            pytest.fail(f"processes still running: {alive}")
         time.sleep(0.1)
 
 
-def test_a_helper_started_before_the_input_is_read_downloads_part_of_the_job(
+def test_a_small_input_is_parsed_by_a_fork_and_a_forked_helper_downloads_part_of_the_job(
     tmp_path: Path, image_server: ImageServer
 ) -> None:
     s = image_server
@@ -66,29 +56,38 @@ def test_a_helper_started_before_the_input_is_read_downloads_part_of_the_job(
     cli = Cli(tmp_path)
     run = cli.start("run", str(src), "--processes", "2", "--quiet", MAX_GLOBAL_CONCURRENCY="8")
     parent = psutil.Process(run.pid)
-    helper_pids: set[int] = set()
+    children: set[int] = set()
     registered: set[int] = set()
+    libraries: set[str] = set()  # what `run` had mapped once its engine was running
     deadline = time.monotonic() + 60
     while run.poll() is None and time.monotonic() < deadline:
-        helper_pids |= {p.pid for p in waiting_helpers(parent)}
+        with contextlib.suppress(psutil.NoSuchProcess):
+            children |= {child.pid for child in parent.children()}
         if cli.db_path.exists():
             with contextlib.suppress(sqlite3.OperationalError):  # no schema yet
                 registered |= {int(pid) for (pid,) in cli.sql("SELECT pid FROM worker")}
-        time.sleep(0.05)
+        if run.pid in registered and not libraries:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                libraries = {m.path for m in parent.memory_maps()}
+        time.sleep(0.01)
     stdout, stderr = run.communicate(timeout=60)
     assert run.returncode == 0, stderr
     assert last_json(stdout)["done"] == total
-    assert len(helper_pids) == 1, "one waiting helper beside `run` itself"
-    assert helper_pids <= registered, "the waiting helper got the job and ran an engine"
+    assert registered - {run.pid}, "a helper engine beside `run` itself"
+    assert registered - {run.pid} <= children, "the helper is a child of `run`"
     assert run.pid in registered
+    assert len(children) >= 2, "the parser and the helper"
+    assert libraries and not [path for path in libraries if "/pandas/" in path], (
+        "pandas is loaded by the parser only"
+    )
     wait_gone(cli.db_path)
 
 
-def test_waiting_helpers_exit_when_not_needed_or_when_the_input_is_unusable(
+def test_no_helper_when_not_needed_and_no_process_left_when_the_input_is_unusable(
     tmp_path: Path, image_server: ImageServer
 ) -> None:
     cli = Cli(tmp_path)
-    # two images: a second process is not worth it, the waiting helper is told to exit
+    # two images: a second process is not worth it
     src = write_input(
         tmp_path / "small.csv",
         [("P1", image_server.url("/img/a.jpg")), ("P1", image_server.url("/img/b.jpg"))],
@@ -99,11 +98,13 @@ def test_waiting_helpers_exit_when_not_needed_or_when_the_input_is_unusable(
     assert cli.sql("SELECT DISTINCT pid FROM worker") == []
     wait_gone(cli.db_path)
 
-    # no valid rows: `run` exits 2 with a message; its waiting helper sees the pipe close
+    # no valid rows: the parser's message, exit 2, no traceback, nothing left running
     bad = tmp_path / "bad.csv"
     bad.write_text("Product Number,Image URL\nP1,not a url\n")
     result = cli("run", str(bad), "--processes", "2", "--quiet")
     assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: no valid rows to download" in result.stderr
+    assert "row 2:" in result.stderr  # the rejected row, reported by the parser
     wait_gone(cli.db_path)
 
 
@@ -162,3 +163,21 @@ def test_a_small_file_is_downloaded_without_a_re_exec_a_stream_after_one(
     re_executed = any("--job" in cmdline for cmdline in cmdlines)
     assert re_executed == (source == "stdin"), cmdlines
     wait_gone(cli.db_path)
+
+
+def test_the_same_small_input_again_resumes_its_unfinished_job(
+    tmp_path: Path, image_server: ImageServer
+) -> None:
+    """The fingerprint the forked parser sends is the one the job was created with."""
+    cli = Cli(tmp_path)
+    src = write_input(tmp_path / "in.csv", [("P1", image_server.url("/img/r.jpg"))])
+    first = cli("run", str(src), "--quiet")
+    assert first.returncode == 0, first.stderr
+    job_id = last_json(first.stdout)["job_id"]
+    with sqlite3.connect(cli.db_path) as conn:  # as if the run had been interrupted
+        conn.execute("UPDATE job SET status = 'running' WHERE id = ?", (job_id,))
+        conn.execute("UPDATE image SET status = 'queued' WHERE job_id = ?", (job_id,))
+    again = cli("run", str(src), "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert f"resuming unfinished job {job_id}" in again.stderr
+    assert last_json(again.stdout)["job_id"] == job_id and last_json(again.stdout)["done"] == 1

@@ -22,6 +22,7 @@ from downloader.settings import load_settings
 from downloader.storage import make_storage
 from downloader.storage.s3 import MIN_PART_SIZE
 from tests.support.imageserver import ImageServer, image_bytes
+from tests.test_cli import Cli, last_json, write_input
 
 pytestmark = pytest.mark.postgres
 
@@ -117,3 +118,37 @@ def test_a_failed_upload_leaves_no_local_copy(
     assert row.status == "failed"  # the bucket does not exist
     assert image_server.count("/img/lost.jpg") == 1
     assert not [p for p in storage.temp_dir().iterdir() if p.is_file()]
+
+
+def test_run_on_postgres_and_s3_forks_a_helper_with_its_own_connections(
+    pg_url: str,
+    pg_db: Database,
+    image_server: ImageServer,
+    s3_overrides: dict[str, Any],
+    s3_client: Any,
+    tmp_path: Path,
+) -> None:
+    """`run` on a small input forks its helper engine: the fork opens its own database
+    connections and its own S3 client (sharing the parent's would mix two conversations on
+    one socket), and every image is stored once."""
+    total = 450  # above the 400 images that make a second process (the fork) worth it
+    src = write_input(
+        tmp_path / "in.csv",
+        [(f"P{i // 5}", image_server.url(f"/img/f{i}.jpg", host=i % 3)) for i in range(total)],
+    )
+    cli = Cli(tmp_path)
+    env = {key.upper(): str(value) for key, value in s3_overrides.items()}
+    result = cli("run", str(src), "--processes", "2", "--quiet", DATABASE_URL=pg_url, **env)
+    assert result.returncode == 0, result.stderr
+    summary = last_json(result.stdout)
+    assert summary["done"] == total and summary["failed"] == 0
+    assert "Traceback" not in result.stderr
+    job_id = str(summary["job_id"])
+    assert jobs.job_summary(pg_db, job_id).counts.done == total
+    bucket = s3_overrides["aws_storage_bucket_name"]
+    keys: list[str] = []
+    for page in s3_client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=f"jobs/{job_id}/"
+    ):
+        keys += [item["Key"] for item in page.get("Contents", [])]
+    assert len(keys) == total

@@ -26,7 +26,7 @@ from downloader.jobs.create import (
     check_rate_limit,
     create_job,
     find_unfinished_job,
-    input_fingerprint,
+    insert_job,
 )
 from downloader.jobs.details import (
     FAILED_COLUMNS,
@@ -73,7 +73,7 @@ __all__ = [
     "failed_images",
     "find_unfinished_job",
     "get_job",
-    "input_fingerprint",
+    "insert_job",
     "job_counts",
     "job_summary",
     "job_zip",

@@ -2,39 +2,25 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import TYPE_CHECKING
 
 from sqlalchemy import func, insert, select
+from sqlmodel import Session
 
 from downloader.db import Database
 from downloader.errors import RateLimited
 from downloader.models import JOB, PRODUCT, REJECTED_ROW, ImageStatus, Job, JobPublic, JobStatus
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from downloader.inputs import ParsedInput
+    from downloader.job_rows import JobRows
 
-# pandas and pyarrow are imported inside the functions that need them: the download processes
-# import the jobs service for counts and must not carry pandas (~80 MB) for that.
+# The parsed input becomes rows in downloader.inputs.to_rows (pandas, pyarrow), imported only
+# by the functions that need it: the download processes import the jobs service for counts and
+# must not carry pandas (~80 MB) for that.
 
-INSERT_CHUNK = 20_000
-
-
-def input_fingerprint(parsed: ParsedInput) -> str:
-    """A stable hash of the rows to queue, so `run` on the same input resumes its job."""
-    import pandas as pd
-
-    frame = parsed.frame
-    digest = hashlib.sha256()
-    # Row hashes don't depend on other rows, so hashing in slices gives the same digest
-    # without a whole-table copy of the strings (tens of MB at 100,000 rows).
-    for first in range(0, len(frame), INSERT_CHUNK):
-        part = frame.iloc[first : first + INSERT_CHUNK][["product", "url"]]
-        digest.update(pd.util.hash_pandas_object(part, index=False).to_numpy().tobytes())
-    return digest.hexdigest()
+INSERT_CHUNK = 20_000  # rows per executemany
 
 
 def check_rate_limit(db: Database, created_by: str, per_minute: int) -> None:
@@ -64,67 +50,64 @@ def create_job(
 ) -> JobPublic:
     """Queue every valid row of `parsed` as one job, in bulk inserts (`fingerprint`: its
     input_fingerprint, when the caller has it already)."""
-    frame = parsed.frame
+    from downloader.inputs.to_rows import job_rows
+
+    return insert_job(
+        db, job_rows(parsed, fingerprint), name=name, source=source, created_by=created_by
+    )
+
+
+def insert_job(
+    db: Database, rows: JobRows, *, name: str = "", source: str = "", created_by: str = ""
+) -> JobPublic:
+    """Queue `rows` as one job, in bulk inserts."""
     job = Job(
         name=name[:200],
         source=source[:300],
         created_by=created_by[:64],
-        products=int(frame["product"].nunique()) if len(frame) else 0,
-        images=len(frame),
-        rejected_rows=len(parsed.rejected),
-        duplicates_removed=len(parsed.duplicates),
-        input_sha256=fingerprint or input_fingerprint(parsed),
+        products=len(rows.products),
+        images=rows.images,
+        rejected_rows=len(rows.rejected),
+        duplicates_removed=len(rows.duplicates),
+        input_sha256=rows.fingerprint,
     )
-    if not len(frame):
+    if not rows.images:
         job.status = JobStatus.COMPLETED
         job.finished_at = time.time()
     with db.write() as session:
         session.add(job)
         session.flush()
         job_id = job.id
-        _insert_products_and_images(session, job_id, frame)
-        _insert_rejected(session, job_id, parsed)
+        _insert_products_and_images(session, job_id, rows)
+        _insert_rejected(session, job_id, rows)
         session.flush()
         public = JobPublic.model_validate(job, from_attributes=True)
     return public
 
 
-def _insert_products_and_images(session: object, job_id: str, frame: pd.DataFrame) -> None:
+def _insert_products_and_images(session: Session, job_id: str, rows: JobRows) -> None:
     """Bulk-insert the job's products, then its images, chunk by chunk.
 
     Plain tuples go through the driver's executemany: SQLAlchemy's per-row dictionaries cost
     more time and memory than the inserts themselves at a million rows.
     """
-    from sqlmodel import Session
-
-    assert isinstance(session, Session)
-    if not len(frame):
+    if not rows.images:
         return
     conn = session.connection()
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-
-    counts = frame.groupby("product", sort=False).size()
-    numbers = counts.index.tolist()
-    sizes = counts.astype("int64").tolist()
     product_sql = (
         "INSERT INTO product (job_id, number, position, image_count)"
         f" VALUES ({mark}, {mark}, {mark}, {mark})"
     )
-    for first in range(0, len(numbers), INSERT_CHUNK):
+    products = rows.products
+    for first in range(0, len(products), INSERT_CHUNK):
         conn.exec_driver_sql(
             product_sql,
             [
                 (job_id, number, first + i + 1, size)
-                for i, (number, size) in enumerate(
-                    zip(
-                        numbers[first : first + INSERT_CHUNK],
-                        sizes[first : first + INSERT_CHUNK],
-                        strict=True,
-                    )
-                )
+                for i, (number, size) in enumerate(products[first : first + INSERT_CHUNK])
             ],
         )
-    del numbers, sizes, counts
     ids = dict(
         conn.execute(select(PRODUCT.c.number, PRODUCT.c.id).where(PRODUCT.c.job_id == job_id)).all()
     )
@@ -132,50 +115,28 @@ def _insert_products_and_images(session: object, job_id: str, frame: pd.DataFram
     columns = "job_id, product_id, position, url, host, source_row, status, attempts, updated_at"
     image_sql = f"INSERT INTO image ({columns}) VALUES ({', '.join([mark] * 9)})"
     queued, now = ImageStatus.QUEUED.value, time.time()
-    for first in range(0, len(frame), INSERT_CHUNK):
-        chunk = frame.iloc[first : first + INSERT_CHUNK]
-        rows = [
-            (job_id, ids[product], pos, url, host, row, queued, 0, now)
-            for product, pos, url, host, row in zip(
-                chunk["product"].tolist(),
-                chunk["position"].astype("int64").tolist(),
-                chunk["url"].tolist(),
-                _hosts(chunk["url"]),
-                chunk["source_row"].astype("int64").tolist(),
-                strict=True,
-            )
-        ]
-        conn.exec_driver_sql(image_sql, rows)
+    for chunk in rows.image_chunks:
+        conn.exec_driver_sql(
+            image_sql,
+            [
+                (job_id, ids[product], pos, url, host, row, queued, 0, now)
+                for product, pos, url, host, row in chunk
+            ],
+        )
 
 
-def _hosts(urls: pd.Series) -> list[str]:
-    """The lower-cased host[:port] of each URL, by pyarrow's vectorised RE2 (no row loop)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    found = pc.extract_regex(
-        pa.array(urls.astype(str).tolist(), type=pa.string()),
-        r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(?P<host>[^/?#]*)",
-    )
-    hosts = pc.utf8_lower(pc.struct_field(found, "host")).fill_null("")
-    return [host[:300] for host in hosts.to_pylist()]
-
-
-def _insert_rejected(session: object, job_id: str, parsed: ParsedInput) -> None:
-    from sqlmodel import Session
-
-    assert isinstance(session, Session)
+def _insert_rejected(session: Session, job_id: str, job_rows: JobRows) -> None:
     rows = [
         {
             "job_id": job_id,
             "kind": kind,
-            "row": r.row,
-            "reason": r.reason[:300],
-            "product": r.product[:200],
-            "url": r.url[:200],
+            "row": row,
+            "reason": reason[:300],
+            "product": product[:200],
+            "url": url[:200],
         }
-        for kind, items in (("rejected", parsed.rejected), ("duplicate", parsed.duplicates))
-        for r in items
+        for kind, items in (("rejected", job_rows.rejected), ("duplicate", job_rows.duplicates))
+        for row, reason, product, url in items
     ]
     conn = session.connection()
     for start in range(0, len(rows), INSERT_CHUNK):
