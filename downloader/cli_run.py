@@ -48,12 +48,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.job is None and _is_small_input_file(args):
         return _run_small_input(args, started)
     from downloader import jobs
-    from downloader.inputs.to_rows import input_fingerprint
 
     services = services_for(args)
     if args.job is None:
         if args.input is None:
             raise CliError("run needs an INPUT file (or - for standard input)")
+        from downloader.inputs.to_rows import input_fingerprint  # pandas: this phase only
+
         parsed = parse_input(args, services.settings.max_rows_per_job)
         fingerprint = input_fingerprint(parsed)
         job_id = jobs.find_unfinished_job(services.db, fingerprint)
