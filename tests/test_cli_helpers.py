@@ -108,11 +108,13 @@ def test_no_helper_when_not_needed_and_no_process_left_when_the_input_is_unusabl
     wait_gone(cli.db_path)
 
 
-def _watch(run: subprocess.Popen[str], cli: Cli) -> tuple[list[list[str]], set[int]]:
-    """Every distinct command line the `run` process had (an exec changes it), and the pids
-    of the engines that registered while it ran."""
+def _watch(run: subprocess.Popen[str], cli: Cli) -> tuple[list[list[str]], set[int], bool]:
+    """Every distinct command line the `run` process had (an exec changes it), the pids of
+    the engines that registered while it ran, and whether `run` had pandas loaded while its
+    own engine was downloading."""
     seen: list[list[str]] = []
     registered: set[int] = set()
+    pandas_while_downloading: bool | None = None
     parent = psutil.Process(run.pid)
     deadline = time.monotonic() + 60
     while run.poll() is None and time.monotonic() < deadline:
@@ -120,11 +122,15 @@ def _watch(run: subprocess.Popen[str], cli: Cli) -> tuple[list[list[str]], set[i
             cmdline = parent.cmdline()
             if cmdline and cmdline not in seen:
                 seen.append(cmdline)
+            if run.pid in registered and pandas_while_downloading is None:
+                maps = parent.memory_maps()
+                pandas_while_downloading = any("/pandas/" in m.path for m in maps)
         if cli.db_path.exists():
             with contextlib.suppress(sqlite3.OperationalError):  # no schema yet
                 registered |= {int(pid) for (pid,) in cli.sql("SELECT pid FROM worker")}
         time.sleep(0.02)
-    return seen, registered
+    assert pandas_while_downloading is not None, "run's engine was never seen downloading"
+    return seen, registered, pandas_while_downloading
 
 
 @pytest.mark.parametrize("source", ["file", "stdin"])
@@ -154,7 +160,7 @@ def test_a_small_file_is_downloaded_without_a_re_exec_a_stream_after_one(
     if source == "stdin":
         run.stdin.write(src.read_text())
     run.stdin.close()
-    cmdlines, registered = _watch(run, cli)
+    cmdlines, registered, pandas_while_downloading = _watch(run, cli)
     stdout = run.stdout.read() if run.stdout else ""
     stderr = run.stderr.read() if run.stderr else ""
     assert run.wait(timeout=60) == 0, stderr
@@ -162,6 +168,7 @@ def test_a_small_file_is_downloaded_without_a_re_exec_a_stream_after_one(
     assert len(registered) == 2, "run's own engine and its helper"
     re_executed = any("--job" in cmdline for cmdline in cmdlines)
     assert re_executed == (source == "stdin"), cmdlines
+    assert not pandas_while_downloading, "the parsing stays in the parser (or before the exec)"
     wait_gone(cli.db_path)
 
 
