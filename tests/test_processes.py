@@ -59,14 +59,15 @@ for thread in threads:
 """
 
 
+def run_script(script: str, mode: str) -> subprocess.CompletedProcess[str]:
+    """`script` in a child interpreter (allocator settings are process-wide)."""
+    return subprocess.run(
+        [sys.executable, "-c", script, mode], capture_output=True, text=True, check=True, timeout=60
+    )
+
+
 def malloc_arenas(mode: str) -> int:
-    stderr = subprocess.run(
-        [sys.executable, "-c", ARENAS_SCRIPT, mode],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stderr
+    stderr = run_script(ARENAS_SCRIPT, mode).stderr
     return sum(line.startswith("Arena ") for line in stderr.splitlines())
 
 
@@ -93,14 +94,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def page_faults(mode: str) -> int:
-    out = subprocess.run(
-        [sys.executable, "-c", FAULTS_SCRIPT, mode],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    return int(out)
+    return int(run_script(FAULTS_SCRIPT, mode).stdout)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc thresholds")
