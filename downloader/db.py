@@ -188,6 +188,12 @@ def open_database(url: str, *, migrate: bool = True) -> Database:
     return database
 
 
+def placeholder(conn: Connection) -> str:
+    """The driver's positional placeholder for `exec_driver_sql`: ? for sqlite3, %s for
+    psycopg."""
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
 def rowcount(result: Result[Any]) -> int:
     """Rows an UPDATE/DELETE touched (Session.execute is typed as returning a plain Result)."""
     return int(getattr(result, "rowcount", 0) or 0)

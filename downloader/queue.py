@@ -12,10 +12,10 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, func, select, text, update
+from sqlalchemy import func, select, text, update
 from sqlmodel import Session
 
-from downloader.db import Database, rowcount
+from downloader.db import Database, placeholder, rowcount
 from downloader.models import (
     IMAGE,
     JOB,
@@ -29,7 +29,7 @@ _QUEUED = ImageStatus.QUEUED.value
 _DOWNLOADING = ImageStatus.DOWNLOADING.value
 _DONE = ImageStatus.DONE.value
 _DUPLICATE = ImageStatus.DUPLICATE.value
-PENDING_STATUS_VALUES = tuple(status.value for status in PENDING_IMAGE_STATUSES)
+_PENDING = tuple(status.value for status in PENDING_IMAGE_STATUSES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +121,7 @@ def _claim_from_job(
     Driver-level SQL (as every per-batch statement here): built by SQLAlchemy, the three
     statements this replaced cost more CPU than SQLite took to run them (bench_queue.py)."""
     conn = session.connection()
-    m = _mark(conn)
+    m = placeholder(conn)
     lock = " FOR UPDATE SKIP LOCKED" if db.is_postgres else ""
     rows = conn.exec_driver_sql(
         f"UPDATE image SET status = {m}, lease_owner = {m}, lease_expires = {m}"
@@ -185,7 +185,7 @@ def record_results(db: Database, worker_id: str, results: Sequence[Result]) -> F
     ids = [r.image_id for r in results]
     with db.write() as session:
         conn = session.connection()
-        m = _mark(conn)
+        m = placeholder(conn)
         assignments = ", ".join(f"{name} = {m}" for name in _RESULT_COLUMNS)
         # executemany with plain tuples: the driver reports the summed rowcount
         outcome = conn.exec_driver_sql(
@@ -210,11 +210,6 @@ def record_results(db: Database, worker_id: str, results: Sequence[Result]) -> F
         report.duplicate_keys = _settle_products(session, product_ids)
         report.completed_jobs = _settle_jobs(session, job_ids, now)
     return report
-
-
-def _mark(conn: Connection) -> str:
-    """The driver's positional placeholder: ? for sqlite3, %s for psycopg."""
-    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
 
 
 def _marks(mark: str, count: int) -> str:
@@ -250,15 +245,15 @@ def _settle_products(session: Session, product_ids: Sequence[int]) -> list[str]:
     if not product_ids:
         return []
     conn = session.connection()
-    m = _mark(conn)
+    m = placeholder(conn)
     # Products with nothing pending, and the images already downloaded in them.
     rows = conn.exec_driver_sql(
         f"SELECT id, product_id, sha256, storage_key FROM image WHERE status = {m}"
         f" AND product_id IN (SELECT product_id FROM image WHERE product_id IN"
         f" {_marks(m, len(product_ids))} GROUP BY product_id"
-        f" HAVING SUM(CASE WHEN status IN {_marks(m, len(PENDING_STATUS_VALUES))}"
+        f" HAVING SUM(CASE WHEN status IN {_marks(m, len(_PENDING))}"
         " THEN 1 ELSE 0 END) = 0) ORDER BY product_id, position",
-        (_DONE, *product_ids, *PENDING_STATUS_VALUES),
+        (_DONE, *product_ids, *_PENDING),
     ).all()
     first_by_hash: dict[tuple[int, str], int] = {}
     duplicates: list[tuple[str, int, int]] = []

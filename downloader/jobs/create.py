@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func, insert, select
 from sqlmodel import Session
 
-from downloader.db import Database
+from downloader.db import Database, placeholder
 from downloader.errors import RateLimited
 from downloader.models import JOB, PRODUCT, REJECTED_ROW, ImageStatus, Job, JobPublic, JobStatus
 
@@ -95,7 +95,7 @@ def _insert_products_and_images(session: Session, job_id: str, rows: JobRows) ->
     if not rows.images:
         return
     conn = session.connection()
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    mark = placeholder(conn)
     product_sql = (
         "INSERT INTO product (job_id, number, position, image_count)"
         f" VALUES ({mark}, {mark}, {mark}, {mark})"
