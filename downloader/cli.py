@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -176,7 +175,7 @@ def cmd_zip(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from downloader.engine import Engine
-    from downloader.services import run_engine_until_stopped
+    from downloader.services import run_engine_in_foreground
 
     job_id, share = args.job, args.share
     services = services_for(args)
@@ -190,14 +189,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         job_id=job_id,
         share=share,
     )
-
-    def handle(signum: int, _frame: object) -> None:
-        engine.stop()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
-    run_engine_until_stopped(engine, until_idle=args.until_idle)
-    services.db.dispose()  # checkpoints SQLite's log now: the process ends without teardown
+    run_engine_in_foreground(engine, until_idle=args.until_idle)
     emit(
         {
             "worker_id": engine.worker_id,

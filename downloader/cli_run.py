@@ -201,9 +201,10 @@ def _fork_helpers(services: Services, job_id: str, processes: int) -> list[Helpe
 
     def helper_engine() -> None:
         from downloader.engine import Engine
-        from downloader.services import run_engine_until_stopped
+        from downloader.services import run_engine_in_foreground
         from downloader.storage import make_storage
 
+        tune_gc_for_engine()
         engine = Engine(
             services.db,
             make_storage(services.settings),  # S3's client keeps connections: not the parent's
@@ -212,11 +213,7 @@ def _fork_helpers(services: Services, job_id: str, processes: int) -> list[Helpe
             job_id=job_id,
             share=1.0 / processes,
         )
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda _signum, _frame: engine.stop())
-        tune_gc_for_engine()
-        run_engine_until_stopped(engine, until_idle=True)
-        services.db.dispose()
+        run_engine_in_foreground(engine, until_idle=True)
 
     if processes < 2:
         return []

@@ -177,8 +177,7 @@ class Engine:
                     finally:
                         with anyio.CancelScope(shield=True):
                             await downloads.cancel_all()
-                        self._stopping = True
-                        with anyio.CancelScope(shield=True):
+                            self._stopping = True
                             await self._flush()
                         housekeeping.cancel_scope.cancel()
         finally:

@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
-import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from downloader.cli_support import CliError, parse_input
 from downloader.errors import UserError
-from downloader.processes import die_with_parent, flush_standard_streams
+from downloader.processes import fork_child
 
 if TYPE_CHECKING:
     from downloader.job_rows import JobRows
@@ -46,15 +45,9 @@ class ForkedParse:
 def parse_in_child(args: argparse.Namespace, max_rows: int) -> ForkedParse:
     """Fork a child that parses `args.input` (a file) into the job's rows."""
     read_fd, write_fd = os.pipe()
-    flush_standard_streams()  # or the child would write what is buffered a second time
-    pid = os.fork()
-    if pid:
-        os.close(write_fd)
-        return ForkedParse(pid, read_fd)
-    os.close(read_fd)  # the child: never returns into the caller's code
-    code = 0
-    try:
-        die_with_parent()
+
+    def parse() -> None:  # in the child; a bug there leaves `run` without an answer
+        os.close(read_fd)
         answer: tuple[str, object]
         try:
             from downloader.inputs.to_rows import job_rows
@@ -64,11 +57,7 @@ def parse_in_child(args: argparse.Namespace, max_rows: int) -> ForkedParse:
             answer = ("error", str(exc))
         with os.fdopen(write_fd, "wb") as out:
             pickle.dump(answer, out, protocol=pickle.HIGHEST_PROTOCOL)
-    except KeyboardInterrupt:
-        code = 130
-    except BaseException:  # a bug: reported, and `run` sees no answer
-        traceback.print_exc()
-        code = 1
-    finally:
-        flush_standard_streams()
-        os._exit(code)
+
+    pid = fork_child(parse)
+    os.close(write_fd)
+    return ForkedParse(pid, read_fd)

@@ -9,6 +9,8 @@ import gc
 import os
 import signal
 import sys
+import traceback
+from collections.abc import Callable
 
 # Generation-0 threshold for engine processes (CPython's default is 700). An engine allocates
 # a few hundred short-lived objects per image, nearly all freed by reference counting; at the
@@ -81,6 +83,28 @@ def flush_standard_streams() -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
+
+
+def fork_child(work: Callable[[], None]) -> int:
+    """Fork a child that runs `work()` and exits (0, 130 on Ctrl-C, 1 with the traceback on
+    stderr for anything else); its pid. The child dies with its parent and never returns into
+    the caller's code. POSIX; call it before this process starts any thread."""
+    flush_standard_streams()  # or the child would write what is buffered a second time
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 0
+    try:
+        die_with_parent()
+        work()
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:  # a bug: reported, then the child ends
+        traceback.print_exc()
+        code = 1
+    finally:
+        flush_standard_streams()
+        os._exit(code)
 
 
 def die_with_parent() -> None:

@@ -18,12 +18,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import traceback
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 
-from downloader.processes import die_with_parent, flush_standard_streams
+from downloader.processes import die_with_parent, fork_child
 
 SMALL_INPUT_BYTES = 1_000_000  # ~20,000 CSV rows: the parser then stays well under 200 MB
 
@@ -56,30 +55,16 @@ def spawn_helpers(
 
 
 def fork_helpers(count: int, engine: Callable[[], None]) -> list[Helper]:
-    """Fork `count` children of this process that each run `engine()` and exit (POSIX; call
-    it before this process starts any thread). A child dies with its parent, and what it
-    writes to standard output goes nowhere: the output is `run`'s."""
-    flush_standard_streams()  # or each child would write what is buffered again
-    helpers = []
-    for _ in range(count):
-        pid = os.fork()
-        if pid == 0:  # the child: never returns into the caller's code
-            code = 0
-            try:
-                die_with_parent()
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())
-                engine()
-            except KeyboardInterrupt:
-                code = 130
-            except BaseException:  # reported here, then the child ends
-                traceback.print_exc()
-                code = 1
-            finally:
-                flush_standard_streams()
-                os._exit(code)
-        helpers.append(Helper(pid))
-    return helpers
+    """Fork `count` children of this process that each run `engine()` and exit (see
+    processes.fork_child). What a child writes to standard output goes nowhere: the output is
+    `run`'s."""
+
+    def quiet_engine() -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        engine()
+
+    return [Helper(fork_child(quiet_engine)) for _ in range(count)]
 
 
 def _start(arguments: list[str], database_url: str, media_root: str) -> Helper:

@@ -4,6 +4,7 @@ in a background thread for the app."""
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,6 +39,20 @@ def build_services(settings: Settings | None = None) -> Services:
 def run_engine_until_stopped(engine: Engine, *, until_idle: bool = False) -> None:
     """Run an engine on a fresh event loop in the calling thread (uvloop when present)."""
     _run_on_event_loop(lambda: engine.run(until_idle=until_idle))
+
+
+def run_engine_in_foreground(engine: Engine, *, until_idle: bool = False) -> None:
+    """A process's own engine on its main thread (`worker`, `run`'s forked helpers): SIGTERM
+    and SIGINT stop it gracefully; its database is disposed at the end, which checkpoints
+    SQLite's log now (these processes end without the interpreter's teardown)."""
+
+    def stop(_signum: int, _frame: object) -> None:
+        engine.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    run_engine_until_stopped(engine, until_idle=until_idle)
+    engine.db.dispose()
 
 
 def warm_up_event_loop() -> None:
