@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import random
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -157,19 +159,69 @@ def test_host_slots_forget_idle_hosts() -> None:
 
 def test_pacer_spaces_requests() -> None:
     pacer = Pacer(10)
-    waits = [pacer.reserve(now=100.0) for _ in range(5)]
-    assert waits == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
-    assert pacer.reserve(now=200.0) == 0.0  # idle time is not banked beyond the burst
-    assert pacer.reserve(now=200.0) == pytest.approx(0.1)
+    assert pacer.take(now=100.0) == 0.0
+    assert pacer.take(now=100.0) == pytest.approx(0.1)  # asking again counts nothing
+    assert pacer.take(now=100.05) == pytest.approx(0.05)
+    assert pacer.take(now=100.1) == 0.0
+    assert pacer.take(now=200.0) == 0.0  # idle time is not banked beyond the burst
+    assert pacer.take(now=200.0) == pytest.approx(0.1)
     pacer.set_rate(0)
-    assert pacer.reserve(now=200.0) == 0.0
+    assert pacer.take(now=200.0) == 0.0
     burst = Pacer(10, burst=3)
-    assert [burst.reserve(now=0.0) for _ in range(4)] == pytest.approx([0.0, 0.0, 0.0, 0.1])
+    assert [burst.take(now=0.0) for _ in range(4)] == pytest.approx([0.0, 0.0, 0.0, 0.1])
     assert Pacer(20).burst == 1  # the default rate: evenly spaced
     fast = Pacer(1000)  # a 50-request bucket absorbs timer lag
     assert fast.burst == 50
-    assert [fast.reserve(now=0.0) for _ in range(50)] == pytest.approx([0.0] * 50)
-    assert fast.reserve(now=0.0) == pytest.approx(0.001)
+    assert [fast.take(now=0.0) for _ in range(50)] == pytest.approx([0.0] * 50)
+    assert fast.take(now=0.0) == pytest.approx(0.001)
+
+
+def test_pacer_does_not_burst_after_the_event_loop_stalls() -> None:
+    """Waiters woken late by a blocked event loop still go one interval apart: a send time is
+    granted against the clock when a waiter's turn comes, never booked when it starts waiting
+    (booked times would all be due at once after the stall)."""
+    qps = 20
+    sent: list[float] = []
+
+    async def main() -> None:
+        pacer = Pacer(qps)
+        loop = asyncio.get_running_loop()
+
+        async def send() -> None:
+            await pacer.acquire()
+            sent.append(loop.time())
+
+        tasks = [asyncio.create_task(send()) for _ in range(8)]
+        await asyncio.sleep(0)  # every task is waiting now; the first has sent
+        time.sleep(0.3)  # the loop is blocked for six intervals
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    gaps = [later - earlier for earlier, later in itertools.pairwise(sent)]
+    assert len(sent) == 8
+    assert min(gaps) >= 1 / qps - 0.002, gaps  # loop.time() against loop.time(): no jitter
+
+
+def test_pacer_waiters_take_turns_and_a_cancelled_one_gives_up_its_turn() -> None:
+    order: list[str] = []
+
+    async def main() -> None:
+        pacer = Pacer(50)
+
+        async def send(name: str) -> None:
+            await pacer.acquire()
+            order.append(name)
+
+        first = asyncio.create_task(send("a"))
+        await asyncio.sleep(0)
+        waiting = {name: asyncio.create_task(send(name)) for name in "bcd"}
+        await asyncio.sleep(0)
+        waiting["c"].cancel()
+        await asyncio.gather(first, waiting["b"], waiting["d"])
+        assert waiting["c"].cancelled()
+
+    asyncio.run(main())
+    assert order == ["a", "b", "d"]
 
 
 def test_scaled_never_below_one() -> None:

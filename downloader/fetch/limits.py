@@ -113,9 +113,11 @@ class HostSlots:
 class Pacer:
     """Global requests-per-second limit (GCRA, i.e. a token bucket of `burst` requests).
 
-    `acquire` returns when the caller may send. Rate 0 disables pacing. Each caller reserves
-    its send time on entry, so waiting is O(1) and FIFO; a caller cancelled while waiting
-    forfeits its reserved time.
+    `acquire` returns when the caller may send. Rate 0 disables pacing. Waiters take turns
+    (FIFO) and a send time is granted only against the clock when the turn comes, never
+    booked ahead: an event loop that stalled (a GC pause, a busy machine) wakes its waiters
+    late, and booked times would then all be due at once, a burst at the server. A caller
+    cancelled while waiting gives up its turn.
     """
 
     BURST_SECONDS = 0.05  # default bucket: 50 ms worth of requests, at least one
@@ -127,6 +129,8 @@ class Pacer:
         self._fixed_burst = burst
         self.burst = 1.0
         self._tat = 0.0  # theoretical arrival time of the next request
+        self._waiting = 0  # callers in or queued for `_turn`
+        self._turn = asyncio.Lock()  # FIFO: the waiter at its head watches the clock
         self.set_rate(rate)
 
     @property
@@ -143,20 +147,30 @@ class Pacer:
             self.burst = max(1.0, float(int(wanted)))
             self._tolerance = (self.burst - 1.0) * self._interval
 
-    def reserve(self, now: float) -> float:
-        """Reserve the next send time; returns how long to wait from `now`."""
+    def take(self, now: float) -> float:
+        """Send now if the bucket allows it (returns 0 and counts the request), else return
+        how long to wait before asking again (nothing is counted)."""
         if self._rate <= 0:
             return 0.0
-        start = max(now, self._tat - self._tolerance)
-        self._tat = max(self._tat, start) + self._interval
-        return start - now
+        wait = self._tat - self._tolerance - now
+        if wait > 1e-9:  # below that it is the rounding of the summed intervals
+            return wait
+        self._tat = max(self._tat, now) + self._interval
+        return 0.0
 
     async def acquire(self) -> None:
         if self._rate <= 0:
             return
-        delay = self.reserve(asyncio.get_running_loop().time())
-        if delay > 0:
-            await asyncio.sleep(delay)
+        loop = asyncio.get_running_loop()
+        if not self._waiting and not self.take(loop.time()):
+            return
+        self._waiting += 1
+        try:
+            async with self._turn:
+                while wait := self.take(loop.time()):
+                    await asyncio.sleep(wait)
+        finally:
+            self._waiting -= 1
 
 
 @dataclass(slots=True)
