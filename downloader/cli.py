@@ -212,12 +212,21 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from downloader.health import system_check
+    from downloader.health import effective_settings, system_check
 
     services = services_for(args)
     checks = system_check(services, engine_expected=False)
     for check in checks:
         print(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}", file=sys.stderr)
+    shown = effective_settings(services)  # secrets masked, as on the system page
+    for name, value in shown.items():
+        print(f"     {name}={value}", file=sys.stderr)
     healthy = all(c.ok for c in checks)
-    emit({"healthy": healthy, "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks}})
+    emit(
+        {
+            "healthy": healthy,
+            "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks},
+            "settings": shown,
+        }
+    )
     return EXIT_OK if healthy else EXIT_UNHEALTHY

@@ -125,7 +125,9 @@ def _exec_download_phase(
 
     settings = services.settings
     argv = [sys.executable, "-m", "downloader", "run", "--job", job_id, "--started", repr(started)]
-    argv += ["--database-url", settings.database_url]
+    # The database URL may hold a password: it goes through the environment (readable by
+    # this user only), never on a command line (/proc/<pid>/cmdline is readable by everyone).
+    os.environ["DATABASE_URL"] = settings.database_url
     argv += ["--media-root", settings.media_root]
     processes = _process_count(args, services, jobs.job_counts(services.db, job_id).pending)
     argv += ["--processes", str(processes)]

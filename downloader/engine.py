@@ -27,10 +27,11 @@ from downloader.fetch import Fetcher, FetchOutcome
 from downloader.leases import LeaseBook
 from downloader.models import ImageStatus
 from downloader.queue import Claim, Result
+from downloader.redact import redact_logger
 from downloader.settings import Settings
 from downloader.storage import Storage, image_key
 
-log = logging.getLogger(__name__)
+log = redact_logger(logging.getLogger(__name__))  # its lines can name URLs
 
 FLUSH_INTERVAL = 0.25  # seconds between result batches
 FLUSH_SIZE = 500  # results that trigger an early batch

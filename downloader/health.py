@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from downloader import jobs
+from downloader.redact import redact_text
 from downloader.services import Services
 
 MIN_FREE_DISK_BYTES = 1 << 30
@@ -62,4 +63,10 @@ def system_check(services: Services, *, engine_expected: bool | None = None) -> 
             )
     except Exception as exc:
         checks.append(Check("Engine", False, f"Cannot read workers: {exc}"))
-    return checks
+    # Details quote endpoints and driver errors: no credentials or tokens in what is shown.
+    return [Check(check.name, check.ok, redact_text(check.detail)) for check in checks]
+
+
+def effective_settings(services: Services) -> dict[str, str]:
+    """The settings in force, for display: secrets masked (Settings.masked)."""
+    return {name: str(value) for name, value in services.settings.masked().items()}

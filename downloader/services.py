@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING
 import anyio
 
 from downloader.db import Database, open_database
+from downloader.redact import redact_logger
 from downloader.settings import Settings, get_settings
 from downloader.storage import Storage, make_storage
 
 if TYPE_CHECKING:
     from downloader.engine import Engine  # imported where an engine runs: `submit` needs none
 
-log = logging.getLogger(__name__)
+log = redact_logger(logging.getLogger(__name__))  # its lines can name URLs
 
 
 @dataclass

@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from downloader.errors import UserError
+from downloader.redact import redact_url
 
 CsvList = Annotated[list[str], NoDecode]
 
@@ -97,19 +98,11 @@ class Settings(BaseSettings):
         for name, value in self.model_dump().items():
             if value and any(word in name for word in secret_words):
                 value = "********"
-            if name == "database_url" and isinstance(value, str):
-                value = _mask_url_password(value)
+            elif isinstance(value, str) and "://" in value:
+                # Every URL-shaped setting: userinfo passwords, `?password=`, tokens.
+                value = redact_url(value)
             shown[name.upper()] = value
         return shown
-
-
-def _mask_url_password(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
 
 
 def load_settings(**overrides: object) -> Settings:

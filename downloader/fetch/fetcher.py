@@ -51,11 +51,12 @@ from downloader.fetch.retry import RetryPolicy, is_retryable_status, parse_retry
 from downloader.fetch.tempfiles import TEMP_SUFFIX
 from downloader.fetch.wire import HttpConnection, header_map
 from downloader.guard import Guard
+from downloader.redact import redact_logger
 
 if TYPE_CHECKING:
     from downloader.settings import Settings
 
-log = logging.getLogger(__name__)
+log = redact_logger(logging.getLogger(__name__))  # its lines can name URLs
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 DRAIN_LIMIT = 64 * 1024  # read small error/redirect bodies so the connection can be reused
