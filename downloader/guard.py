@@ -7,22 +7,35 @@ Three layers, all driven by one `Guard`:
   ``0x7f.1``, ``127.1``, ``[::ffff:127.0.0.1]`` …).
 * `check_address`: one resolved address. Loopback, private (RFC 1918), link-local, CGNAT,
   multicast, reserved, unspecified, broadcast and cloud-metadata addresses are refused; IPv6
-  wrappers (IPv4-mapped, NAT64, 6to4, Teredo) are unwrapped and the embedded IPv4 re-checked.
+  wrappers (IPv4-mapped, IPv4-translated, IPv4-compatible, NAT64, 6to4, Teredo) are unwrapped
+  and the embedded IPv4 re-checked: the IPv4 address a wrapper reaches decides, so exempting
+  an IPv6 range (even ``::/0``) never exempts the IPv4 address inside a wrapper.
 * `GuardedResolver`: a resolver that vets every address DNS returns and hands the transport
   only vetted ones, so the address actually connected to is the one checked (no DNS-rebinding
   window). IP-literal hosts need no resolver; the fetch transport calls `check_host` on those
   right before connecting.
 
 `ALLOWED_PRIVATE_NETWORKS` exempts addresses inside the listed CIDRs - except cloud metadata
-addresses, which stay blocked whatever the exemptions (an exemption of ``0.0.0.0/0`` must not
-expose instance credentials).
+addresses (`METADATA_NETWORKS`: 169.254.169.254, 169.254.170.0/23, 169.254.169.123,
+169.254.42.42, 168.63.129.16, 100.100.100.200, 192.0.0.192, fd00:ec2::254, fd00:ec2::23), which
+stay blocked whatever the exemptions and in every wrapper (an exemption of ``0.0.0.0/0`` must
+not expose instance credentials).
+
+`URL_ALLOWLIST` / `URL_DENYLIST` hold host patterns: a name glob (``*.example.com``) matches
+host names only (in lower-case A-label form); an IP-shaped glob (only digits, dots and glob
+characters, with a digit: ``10.1.2.*``; or anything with a colon: ``2001:db8:*``) or a CIDR
+(``10.0.0.0/8``) matches IP-literal hosts only, in any spelling and inside IPv6 wrappers; a
+pattern with neither letters nor digits (``*``) matches every host.
+
+`host_key` gives the per-host key the fetcher's limits and breaker use: one spelling per host
+(lower case, no trailing dot, IDNA A-labels, canonical IP text, IPv4-mapped unwrapped, the
+effective port).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import ipaddress
 import socket
 from collections.abc import Sequence
@@ -32,11 +45,36 @@ from urllib.parse import urlsplit
 
 import idna
 
+from downloader.hosts import (
+    DEPRECATED_WRAPPERS,
+    HostPattern,
+    IPAddress,
+    IPNetwork,
+    compile_host_patterns,
+    embedded_ipv4,
+    host_key,
+    parse_ip_host,
+    parse_ipv4_host,
+)
+
 if TYPE_CHECKING:
     from downloader.settings import Settings
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+__all__ = [  # the host-spelling helpers stay importable from here
+    "AddressBlockedError",
+    "Guard",
+    "GuardedResolver",
+    "Refusal",
+    "ResolveResult",
+    "Resolver",
+    "SystemResolver",
+    "embedded_ipv4",
+    "host_key",
+    "is_metadata",
+    "parse_ip_host",
+    "parse_ipv4_host",
+    "vet_resolved",
+]
 
 BLOCKED_TAIL = "downloads from internal networks are blocked"
 HOST_CACHE_SIZE = 4096  # check_host verdicts kept (the rules are fixed per Guard)
@@ -47,18 +85,27 @@ def _nets(*specs: tuple[str, str]) -> list[tuple[IPNetwork, str]]:
 
 
 METADATA = "a cloud metadata address"
-METADATA_ADDRESSES = frozenset(
-    ipaddress.ip_address(a)
+# Never exempt, whatever ALLOWED_PRIVATE_NETWORKS says (and in every IPv6 wrapper too).
+METADATA_NETWORKS = tuple(
+    ipaddress.ip_network(a)
     for a in (
-        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean ...
-        "169.254.170.2",  # AWS ECS task metadata
-        "169.254.169.123",  # AWS time sync
-        "100.100.100.200",  # Alibaba Cloud
-        "192.0.0.192",  # Oracle Cloud
-        "fd00:ec2::254",  # AWS IMDS over IPv6
-        "fd00:ec2::23",  # AWS ECS IPv6
+        "169.254.169.254/32",  # AWS, GCP, Azure, OpenStack, DigitalOcean ...
+        "169.254.170.0/23",  # AWS ECS task metadata (169.254.170.2), EKS pod identity
+        "169.254.169.123/32",  # AWS time sync
+        "169.254.42.42/32",  # Scaleway
+        "168.63.129.16/32",  # Azure wireserver / host agent (a public address)
+        "100.100.100.200/32",  # Alibaba Cloud
+        "192.0.0.192/32",  # Oracle Cloud
+        "fd00:ec2::254/128",  # AWS IMDS over IPv6
+        "fd00:ec2::23/128",  # AWS ECS IPv6
     )
 )
+
+
+def is_metadata(addr: IPAddress) -> bool:
+    """Whether `addr` is a cloud metadata address (never exempt)."""
+    return any(addr.version == net.version and addr in net for net in METADATA_NETWORKS)
+
 
 # Checked in order; the first match names the reason.
 _IPV4_BLOCKS = _nets(
@@ -90,106 +137,6 @@ _IPV6_BLOCKS = _nets(
     ("2001:db8::/32", "a reserved (documentation) address"),
 )
 
-_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
-_SIXTOFOUR = ipaddress.ip_network("2002::/16")
-_TEREDO = ipaddress.ip_network("2001::/32")
-
-
-def _rfc6052_extract(value: int, prefix_len: int) -> ipaddress.IPv4Address:
-    """The IPv4 address embedded after a `prefix_len` NAT64 prefix (RFC 6052 section 2.2).
-
-    Bits 64-71 (the "u" octet) never carry address bits.
-    """
-    bits = 0
-    taken = 0
-    pos = prefix_len
-    while taken < 32:
-        if 64 <= pos < 72:
-            pos = 72
-            continue
-        bit = (value >> (127 - pos)) & 1
-        bits = (bits << 1) | bit
-        taken += 1
-        pos += 1
-    return ipaddress.IPv4Address(bits)
-
-
-def embedded_ipv4(addr: ipaddress.IPv6Address) -> list[tuple[str, ipaddress.IPv4Address]]:
-    """IPv4 addresses an IPv6 wrapper carries, with the wrapper's name; [] for plain IPv6."""
-    value = int(addr)
-    if addr in _MAPPED:
-        return [("an IPv4-mapped IPv6 address", ipaddress.IPv4Address(value & 0xFFFFFFFF))]
-    if addr in _NAT64:
-        return [("a NAT64 address", ipaddress.IPv4Address(value & 0xFFFFFFFF))]
-    if addr in _NAT64_LOCAL:
-        # The local-use prefix may be used with any prefix length from /48 on: try each layout.
-        return [
-            ("a local-use NAT64 address", _rfc6052_extract(value, length))
-            for length in (48, 56, 64, 96)
-        ]
-    if addr in _SIXTOFOUR:
-        return [("a 6to4 address", ipaddress.IPv4Address((value >> 80) & 0xFFFFFFFF))]
-    if addr in _TEREDO:
-        server = ipaddress.IPv4Address((value >> 64) & 0xFFFFFFFF)
-        client = ipaddress.IPv4Address(~value & 0xFFFFFFFF)
-        return [("a Teredo address", client), ("a Teredo address", server)]
-    return []
-
-
-def parse_ipv4_host(host: str) -> ipaddress.IPv4Address | None:
-    """Parse an IPv4 host the way inet_aton/getaddrinfo do, or None if `host` is a name.
-
-    Accepts 1-4 dot-separated parts, each decimal, octal (leading 0) or hex (0x); the last part
-    fills the remaining bytes (``127.1`` = 127.0.0.1, ``2130706433`` = 127.0.0.1). A single
-    trailing dot is ignored. Returns None for anything that is not purely numeric.
-    """
-    text = host.strip().lower()
-    if text.endswith("."):
-        text = text[:-1]
-    parts = text.split(".")
-    if not text or len(parts) > 4:
-        return None
-    numbers: list[int] = []
-    for part in parts:
-        if not part:
-            return None
-        if part.startswith("0x"):
-            digits, base = part[2:], 16
-            allowed = "0123456789abcdef"
-        elif len(part) > 1 and part.startswith("0"):
-            digits, base = part[1:], 8
-            allowed = "01234567"
-        else:
-            digits, base = part, 10
-            allowed = "0123456789"
-        if any(ch not in allowed for ch in digits):
-            return None
-        numbers.append(int(digits, base) if digits else 0)
-    *head, last = numbers
-    if any(n > 255 for n in head) or last >= 256 ** (4 - len(head)):
-        # inet_aton refuses it; getaddrinfo would then ask DNS, where the resolver vets it.
-        return None
-    value = last
-    for index, number in enumerate(head):
-        value += number << (8 * (3 - index))
-    return ipaddress.IPv4Address(value)
-
-
-def parse_ip_host(host: str) -> IPAddress | None:
-    """An IP-literal host (IPv6 with or without brackets/zone, IPv4 in any legacy spelling)."""
-    text = host.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    if ":" in text:
-        text = text.replace("%25", "%", 1)
-        try:
-            return ipaddress.IPv6Address(text)
-        except ValueError:
-            return None
-    return parse_ipv4_host(text)
-
 
 class AddressBlockedError(OSError):
     """Raised by `GuardedResolver` when no resolved address may be connected to."""
@@ -210,12 +157,16 @@ class Refusal:
 class Guard:
     """The SSRF rules for one set of settings. Cheap to call; holds no I/O resources."""
 
+    host_key = staticmethod(host_key)  # for callers that hold the Guard class
+
     def __init__(self, settings: Settings) -> None:
         self._exempt: list[IPNetwork] = [
             ipaddress.ip_network(cidr, strict=False) for cidr in settings.allowed_private_networks
         ]
-        self._allow = [p.strip().lower() for p in settings.url_allowlist if p.strip()]
-        self._deny = [p.strip().lower() for p in settings.url_denylist if p.strip()]
+        self._allow: list[HostPattern] = compile_host_patterns(
+            settings.url_allowlist, "URL_ALLOWLIST"
+        )
+        self._deny: list[HostPattern] = compile_host_patterns(settings.url_denylist, "URL_DENYLIST")
         self._host_cache: dict[str, str | None] = {}
 
     # -- addresses -------------------------------------------------------------------------
@@ -227,21 +178,22 @@ class Guard:
         """Why `addr` is refused (a noun phrase), or None when it may be connected to."""
         if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id:
             addr = ipaddress.IPv6Address(int(addr))  # drop the zone: fe80::1%eth0 -> fe80::1
-        if addr in METADATA_ADDRESSES:
+        if is_metadata(addr):
             return METADATA
         if isinstance(addr, ipaddress.IPv6Address):
             wrapped = embedded_ipv4(addr)
             if wrapped:
+                # A wrapper reaches the IPv4 address it carries: that address decides, and an
+                # exemption of the IPv6 range alone (say ::/0) does not exempt it.
                 for wrapper, inner in wrapped:
-                    if inner in METADATA_ADDRESSES:
+                    if is_metadata(inner):
                         return f"{wrapper} wrapping {inner}, {METADATA}"
-                if self._exempted(addr):
-                    return None
                 for wrapper, inner in wrapped:
                     inner_label = self._label(inner)
                     if inner_label is not None:
                         return f"{wrapper} wrapping {inner}, {inner_label}"
-                return None
+                if not any(addr in net for net in DEPRECATED_WRAPPERS):
+                    return None
         if self._exempted(addr):
             return None
         table = _IPV6_BLOCKS if isinstance(addr, ipaddress.IPv6Address) else _IPV4_BLOCKS
@@ -300,9 +252,9 @@ class Guard:
                 if label is not None:
                     return f"{plain} is {label}; {BLOCKED_TAIL}"
         for pattern in self._deny:
-            if fnmatch.fnmatchcase(plain, pattern):
-                return f"{plain} matches the URL denylist pattern {pattern!r}"
-        if self._allow and not any(fnmatch.fnmatchcase(plain, p) for p in self._allow):
+            if pattern.matches(plain, addr):
+                return f"{plain} matches the URL denylist pattern {pattern.text!r}"
+        if self._allow and not any(p.matches(plain, addr) for p in self._allow):
             return f"{plain} is not on the URL allowlist"
         return None
 

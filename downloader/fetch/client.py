@@ -10,7 +10,7 @@ an httpx.AsyncClient for everything else. The transport
 
 * vets the connect target: names through the guard's resolver (every resolved address is
   checked and only vetted ones are connected to; vetted answers are cached for
-  `DNS_CACHE_SECONDS`), IP-literal hosts with `Guard.check_host`;
+  `DNS_CACHE_SECONDS`, at most `DNS_CACHE_SIZE` names), IP-literal hosts with `Guard.check_host`;
 * keeps idle connections per (scheme, host, port) for `KEEPALIVE_SECONDS`, and never reuses
   a connection whose exchange did not end cleanly;
 * maps errors to precise httpx exceptions (connect vs read timeout, refused vs reset, TLS,
@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import certifi
 import httpx
 
+from downloader.fetch.limits import ExpiringLRU
 from downloader.fetch.wire import HttpConnection, TruncatedBody, describe_os_error, request_bytes
 from downloader.guard import AddressBlockedError, Guard, GuardedResolver, parse_ip_host
 
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["BlockedAddress", "GuardedTransport", "TLSError", "TruncatedBody", "build_client"]
 
 DNS_CACHE_SECONDS = 30  # only vetted addresses are cached
+DNS_CACHE_SIZE = 4096  # names (and ports) kept, least recently used dropped first
 KEEPALIVE_SECONDS = 4.0  # idle pooled connections are closed before most servers close them
 DEFAULT_PORTS = {b"http": 80, b"https": 443}
 
@@ -97,7 +99,9 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         self._ssl = ssl_context
         self._idle: dict[tuple[bytes, str, int], list[HttpConnection]] = {}
         self._open: set[HttpConnection] = set()
-        self._dns: dict[tuple[str, int], tuple[float, list[Address]]] = {}
+        self._dns: ExpiringLRU[tuple[str, int], list[Address]] = ExpiringLRU(
+            DNS_CACHE_SIZE, DNS_CACHE_SECONDS
+        )
         self._next_sweep = 0.0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -251,9 +255,9 @@ class GuardedTransport(httpx.AsyncBaseTransport):
             family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
             return [(family, socket.IPPROTO_TCP, str(literal), port)]
         now = time.monotonic()
-        cached = self._dns.get((host, port))
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        cached = self._dns.get((host, port), now)
+        if cached is not None:
+            return cached
         try:
             if self._resolver is not None:
                 results = await self._resolver.resolve(host, port, socket.AF_UNSPEC)
@@ -269,7 +273,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
             raise BlockedAddress(exc.reason) from exc
         except OSError as exc:
             raise httpx.ConnectError(describe_os_error(exc)) from exc
-        self._dns[(host, port)] = (now + DNS_CACHE_SECONDS, addresses)
+        self._dns.put((host, port), addresses, now)
         return addresses
 
     async def aclose(self) -> None:

@@ -81,9 +81,10 @@ class _Job:
 
 
 def _host_key(url: httpx.URL) -> str:
+    """The per-host key of `url` (slots, breaker): one per host and port however the URL spells
+    them (``Example.com.``, ``2130706434``, ``[0:0::1]`` ...), see `downloader.guard.host_key`."""
     port = url.port or (443 if url.scheme == "https" else 80)
-    host = url.host
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return Guard.host_key(url.raw_host.decode("ascii"), port)
 
 
 def _reason_phrase(connection: HttpConnection) -> str:

@@ -1,6 +1,10 @@
-"""Politeness primitives: resizable FIFO slots, per-host slots, a QPS pacer, a circuit breaker.
+"""Politeness primitives: resizable FIFO slots, per-host slots, a QPS pacer, a circuit breaker,
+and a bounded expiring cache.
 
 All of them are asyncio-only and not thread-safe: one `Fetcher` lives on one event loop.
+Every per-host table is bounded, so an engine that runs for months over millions of hosts keeps
+a fixed footprint: `HostSlots` holds only hosts in use, `CircuitBreaker` at most `max_hosts`
+hosts (open ones kept first), `ExpiringLRU` at most `maxsize` entries.
 """
 
 from __future__ import annotations
@@ -8,8 +12,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class ExpiringLRU(Generic[K, V]):
+    """A mapping of at most `maxsize` entries, each valid for `ttl` seconds after it was put.
+
+    Reading an entry makes it the most recently used; putting one past `maxsize` drops the
+    least recently used. Expired entries are dropped when read. Times are passed in (a
+    monotonic clock), so the cache needs no clock of its own.
+    """
+
+    __slots__ = ("_entries", "maxsize", "ttl")
+
+    def __init__(self, maxsize: int, ttl: float) -> None:
+        self.maxsize = max(1, maxsize)
+        self.ttl = ttl
+        self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
+
+    def get(self, key: K, now: float) -> V | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= now:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return entry[1]
+
+    def put(self, key: K, value: V, now: float) -> None:
+        self._entries[key] = (now + self.ttl, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.maxsize:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
 
 
 class Slots:
@@ -186,12 +233,41 @@ class CircuitBreaker:
     closed -> (threshold consecutive failures) -> open for `cooldown` s: every request fails
     fast -> half-open: exactly one probe request is let through; its success closes the
     breaker, its failure opens it for another cooldown. Any success resets the count.
+
+    Only hosts with failures are tracked, at most `max_hosts` of them: a new host then pushes
+    out the host whose last failure is oldest among those not open and not probing (a host
+    below the threshold loses its count, a host past its cooldown its half-open state). Open
+    and probing hosts are kept; only when `EVICTION_SCAN` of the oldest are all open is the
+    oldest of them forgotten, so the table never grows past `max_hosts`.
     """
 
-    def __init__(self, threshold: int, cooldown: float) -> None:
+    MAX_HOSTS = 10_000
+    EVICTION_SCAN = 16  # oldest entries looked at for one that may go
+
+    def __init__(self, threshold: int, cooldown: float, max_hosts: int = MAX_HOSTS) -> None:
         self.threshold = max(1, threshold)
         self.cooldown = max(0.0, cooldown)
-        self._hosts: dict[str, _HostHealth] = {}
+        self.max_hosts = max(1, max_hosts)
+        self._hosts: OrderedDict[str, _HostHealth] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._hosts)
+
+    def _holds(self, health: _HostHealth, now: float) -> bool:
+        """Open (inside its cooldown) or probing: forgetting it would let requests through."""
+        return health.failures >= self.threshold and (now < health.open_until or health.probing)
+
+    def _make_room(self, now: float) -> None:
+        oldest_held: str | None = None
+        for _ in range(min(self.EVICTION_SCAN, len(self._hosts))):
+            host, health = next(iter(self._hosts.items()))
+            if not self._holds(health, now):
+                del self._hosts[host]
+                return
+            oldest_held = oldest_held or host
+            self._hosts.move_to_end(host)  # kept: looked at again only after the others
+        if oldest_held is not None:
+            del self._hosts[oldest_held]
 
     def admit(self, host: str, now: float) -> tuple[bool, bool]:
         """(allowed, is_probe). A probe must be settled with success/failure/abandon."""
@@ -223,7 +299,11 @@ class CircuitBreaker:
     def failure(self, host: str, now: float, probe: bool = False) -> None:
         health = self._hosts.get(host)
         if health is None:
+            if len(self._hosts) >= self.max_hosts:
+                self._make_room(now)
             health = self._hosts[host] = _HostHealth()
+        else:
+            self._hosts.move_to_end(host)
         health.failures += 1
         if probe:
             health.probing = False
