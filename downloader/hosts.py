@@ -199,9 +199,9 @@ def _reached_addresses(addr: IPAddress) -> list[IPAddress]:
     return [plain, *(inner for _, inner in embedded_ipv4(plain))]
 
 
-def compile_host_patterns(patterns: Sequence[str], setting: str) -> list[HostPattern]:
-    """The patterns of one list (see the module docstring); ValueError naming `setting` for a
-    pattern with a ``/`` that is not a network."""
+def compile_host_patterns(patterns: Sequence[str], setting: str | None = None) -> list[HostPattern]:
+    """The patterns of one list, classified as `HostPattern` says; ValueError (naming `setting`)
+    for a pattern with a ``/`` that is not a network."""
     compiled: list[HostPattern] = []
     for raw in patterns:
         text = raw.strip().lower()
@@ -213,7 +213,8 @@ def compile_host_patterns(patterns: Sequence[str], setting: str) -> list[HostPat
             try:
                 network = ipaddress.ip_network(text, strict=False)
             except ValueError as exc:
-                raise ValueError(f"{setting}: {raw.strip()!r} is not a valid network") from exc
+                where = f"{setting}: " if setting else ""
+                raise ValueError(f"{where}{raw.strip()!r} is not a valid network") from exc
             compiled.append(HostPattern(text, "cidr", network))
         elif ":" in text or (set(text) <= _IPV4_PATTERN_CHARS and any(c.isdigit() for c in text)):
             compiled.append(HostPattern(text, "ip"))

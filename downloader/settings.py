@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from downloader.errors import UserError
+from downloader.hosts import compile_host_patterns
 from downloader.redact import redact_url
 
 CsvList = Annotated[list[str], NoDecode]
@@ -85,6 +86,13 @@ class Settings(BaseSettings):
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError as exc:
                 raise ValueError(f"{cidr!r} is not a CIDR network") from exc
+        return value
+
+    @field_validator("url_allowlist", "url_denylist")
+    @classmethod
+    def _check_host_patterns(cls, value: list[str]) -> list[str]:
+        # A pattern with "/" is a CIDR: a bad one stops the program here, not the engine later.
+        compile_host_patterns(value)
         return value
 
     @property

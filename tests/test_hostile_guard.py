@@ -19,7 +19,7 @@ from downloader.fetch.client import DNS_CACHE_SIZE, GuardedTransport
 from downloader.fetch.fetcher import _host_key
 from downloader.fetch.limits import CircuitBreaker, ExpiringLRU, HostSlots
 from downloader.guard import Guard, GuardedResolver, ResolveResult
-from downloader.settings import load_settings
+from downloader.settings import SettingsError, load_settings
 from tests.support.fetching import fetch_all, make_settings
 from tests.support.imageserver import ImageServer, closed_port
 
@@ -347,6 +347,12 @@ def test_cidr_patterns_match_ip_literals() -> None:
     assert "allowlist" in (g.check_url("http://11.0.0.1/a.jpg") or "")
 
 
-def test_an_invalid_cidr_pattern_is_refused_when_the_guard_is_built() -> None:
-    with pytest.raises(ValueError, match="URL_DENYLIST"):
-        guard(url_denylist=["10.0.0.0/33"])
+def test_an_invalid_cidr_pattern_stops_the_program_at_start() -> None:
+    with pytest.raises(SettingsError, match=r"URL_DENYLIST.*'10.0.0.0/33' is not a valid network"):
+        load_settings(url_denylist="10.0.0.0/33, *.test")
+    with pytest.raises(SettingsError, match=r"URL_ALLOWLIST.*'2001:db8::/129'"):
+        load_settings(url_allowlist=["2001:db8::/129"])
+    assert load_settings(url_denylist=" 10.0.0.0/8 , *.test ").url_denylist == [
+        "10.0.0.0/8",
+        "*.test",
+    ]
