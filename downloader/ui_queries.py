@@ -10,6 +10,7 @@ No Streamlit import here: everything is plain Python and tested without a browse
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -124,23 +125,59 @@ def header_synonyms() -> dict[str, list[str]]:
 
 
 def thumbnail(storage: Storage, key: str, max_px: int = 320) -> bytes:
-    """A small JPEG/PNG of a stored image for the gallery (the original when Pillow can't)."""
-    from PIL import Image, ImageOps
+    """A small JPEG/PNG of a stored image for the gallery, or a placeholder PNG.
+
+    Decoding stays within the pixel limit whatever the stored file says: every frame's declared
+    size is checked first (as when it was fetched, for files stored before that check), Pillow's
+    own size is checked again, only the first frame of an animation is decoded, and a JPEG is
+    scaled down while it is decoded. A file that is refused or does not decode gets the
+    placeholder, never its own bytes (st.image would decode those again in the server).
+    """
+    from PIL import ImageOps
+
+    from downloader.fetch.sniff import (
+        HEAD_BYTES,
+        MAX_IMAGE_PIXELS,
+        PIL_FORMATS,
+        SniffError,
+        image_info,
+        pillow_image,
+    )
 
     data = storage.read_bytes(key)
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        info = image_info(None, data[:HEAD_BYTES], data)
+    except SniffError:
+        return _placeholder(max_px, "not shown")
+    Image = pillow_image()  # the pixel limit set, AVIF support loaded
+    try:
+        with Image.open(io.BytesIO(data), formats=[PIL_FORMATS[info.format]]) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                return _placeholder(max_px, "not shown")
             img.draft("RGB", (max_px, max_px))  # cheap JPEG downscale while decoding
-            frame = ImageOps.exif_transpose(img) or img
-            frame.thumbnail((max_px, max_px))
+            img.thumbnail((max_px, max_px))  # decodes the current (first) frame only
+            frame = ImageOps.exif_transpose(img) or img  # on the small image: no big copy
             out = io.BytesIO()
-            if frame.mode in ("RGBA", "LA", "P"):
+            if frame.mode in ("RGBA", "LA", "P", "PA"):
                 frame.convert("RGBA").save(out, format="PNG", optimize=False)
             else:
                 frame.convert("RGB").save(out, format="JPEG", quality=80)
             return out.getvalue()
-    except Exception:
-        return data
+    except Exception:  # Pillow raises many types for a file it cannot decode
+        return _placeholder(max_px, "no preview")
+
+
+@functools.cache
+def _placeholder(max_px: int, text: str) -> bytes:
+    """A plain grey PNG with a word or two, shown instead of an image that is not decoded."""
+    from PIL import Image, ImageDraw
+
+    size = (max_px, max_px * 3 // 4)
+    image = Image.new("RGB", size, (236, 236, 236))
+    ImageDraw.Draw(image).text((size[0] // 2, size[1] // 2), text, fill=(90, 90, 90), anchor="mm")
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
 
 
 def find_products(

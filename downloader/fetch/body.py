@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 from zlib_ng import zlib_ng  # its crc32 uses the CPU's carry-less multiply: ~13x zlib's
 
@@ -227,7 +228,9 @@ class BodyReceiver:
                     pending = []
                     os.close(fd)
                     fd = -1
-                    info = image_info(path, head, None)
+                    # Checking every frame reads the whole file: a big one is walked in a
+                    # worker thread, so the event loop (every other download) never waits.
+                    info = await anyio.to_thread.run_sync(image_info, path, head, None)
             except SniffError as exc:
                 return Failure(exc.code, exc.message, status=status)
             keep = True

@@ -1,9 +1,11 @@
 """Image type from the bytes (magic numbers) and dimensions from the header.
 
-Never trusts Content-Type or the URL's extension, and never decodes pixels. Dimensions come from
-`imagesize`, which reads only the header fields (5-13 us an image; Pillow's lazy open took
+Never trusts Content-Type or the URL's extension, and never decodes pixels. Dimensions come
+from `imagesize`, which reads only the header fields (5-13 us an image; Pillow's lazy open took
 26-30 us for JPEG/PNG and ~210 us for WebP, whose plugin parses the whole file). A header
 imagesize cannot read goes to Pillow, which decides (and refuses what it cannot parse).
+The header's size is not the whole story for GIF, APNG, WebP and AVIF: `frames.check_frames`
+then reads every frame's declared size (a GIF's frames may be far larger than its screen).
 """
 
 from __future__ import annotations
@@ -11,12 +13,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import mmap
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 import imagesize
+
+from downloader.fetch.frames import Buffer, FrameError, check_frames
 
 FORMATS = ("jpg", "png", "webp", "avif", "gif")
 PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP", "avif": "AVIF", "gif": "GIF"}
@@ -120,7 +126,25 @@ def image_info(path: Path | None, head: bytes, data: bytes | None = None) -> Ima
             f"The image declares {width}x{height} pixels, more than the "
             f"{limit:,} allowed (a decompression bomb).",
         )
+    if fmt != "jpg":  # the header's size is not the whole story: check every frame
+        try:
+            with _buffer(path, data) as buf:
+                width, height = check_frames(fmt, buf, width, height, limit)
+        except FrameError as exc:
+            raise SniffError(exc.code, exc.message) from None
     return ImageInfo(fmt, width, height)
+
+
+@contextlib.contextmanager
+def _buffer(path: Path | None, data: bytes | None) -> Iterator[Buffer]:
+    """The body's bytes: `data`, or a read-only memory map of the file (nothing is copied)."""
+    if data is not None:
+        yield data
+        return
+    if path is None:
+        raise ValueError("image_info needs the bytes or the file")
+    with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        yield buf
 
 
 def _source(path: Path | None, data: bytes | None) -> Path | io.BytesIO:
@@ -134,7 +158,7 @@ def _source(path: Path | None, data: bytes | None) -> Path | io.BytesIO:
 
 def _pillow_size(fmt: str, source: Path | io.BytesIO) -> tuple[int, int]:
     """Dimensions by Pillow's lazy open (header only); SniffError when it cannot parse them."""
-    Image = _pillow_image()
+    Image = pillow_image()
     limit = MAX_IMAGE_PIXELS
     try:
         with Image.open(source, formats=[PIL_FORMATS[fmt]]) as im:
@@ -153,7 +177,7 @@ def _pillow_size(fmt: str, source: Path | io.BytesIO) -> tuple[int, int]:
 
 
 @functools.cache
-def _pillow_image() -> ModuleType:
+def pillow_image() -> ModuleType:
     """Pillow's Image module, loaded on first use, with AVIF support and our pixel limit."""
     from PIL import Image, features
 
