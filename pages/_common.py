@@ -7,14 +7,17 @@ plain script run), `services()` falls back to building them once with st.cache_r
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
+import pandas as pd
 import streamlit as st
 
+from downloader.redact import redact_text
 from downloader.services import Services, build_services
 
 if TYPE_CHECKING:
@@ -92,6 +95,41 @@ def failed_csv_url(job_id: str) -> str:
 
 def rejected_csv_url(job_id: str) -> str:
     return f"{base_path()}/download/job/{quote(job_id)}/rejected.csv"
+
+
+_MARKDOWN_ACTIVE = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation character
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+# GitHub-flavoured Markdown links bare URLs, www. names and e-mail addresses by a search over
+# the parsed text, after escapes are resolved: an invisible WORD JOINER breaks the pattern.
+_AUTOLINK = re.compile(r"(?i)(?<![a-z0-9])(https?|ftp|www|mailto|xmpp)(?=[:.])|(@)")
+WORD_JOINER = "\u2060"
+
+
+def md_text(value: object, limit: int = 300) -> str:
+    """User text (a job or file name, a query parameter, a server's message) for an element
+    that renders Markdown (title, caption, alerts, markdown): every ASCII punctuation
+    character is backslash-escaped, so links, images, HTML, code spans, emphasis and
+    directives show as the characters typed; bare URLs and e-mail addresses get an invisible
+    WORD JOINER so they are not linked; control characters become spaces; more than `limit`
+    characters are cut with an ellipsis. (Streamlit has no escaper of its own, and
+    `unsafe_allow_html=False` still renders links and images.)"""
+    text = _CONTROL.sub(" ", str(value))
+    if len(text) > limit:
+        text = text[:limit] + "…"
+    text = _AUTOLINK.sub(lambda match: match.group(0) + WORD_JOINER, text)
+    return _MARKDOWN_ACTIVE.sub(r"\\\1", text)
+
+
+def redacted(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    """`frame` with the URLs in `columns` redacted for display (userinfo passwords, token
+    query values: downloader.redact); the exports keep them as given."""
+    shown = frame.copy()
+    for column in columns:
+        if column in shown.columns:
+            shown[column] = shown[column].map(
+                lambda value: redact_text(value) if isinstance(value, str) else value
+            )
+    return shown
 
 
 def open_job(job_id: str) -> None:

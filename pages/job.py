@@ -54,8 +54,9 @@ try:
     summary = jobs.job_summary(db, job_id)
 except jobs.JobNotFound:
     st.title("Job detail")
-    st.error(
-        f"There is no job with id `{job_id}`. It may have been deleted after its retention time."
+    st.error(  # the id is whatever the address says: shown as text, cut
+        f"There is no job with id {common.md_text(job_id, 100)}. It may have been deleted "
+        "after its retention time."
     )
     st.page_link(common.JOBS_PAGE, label="All jobs", icon=":material/list_alt:")
     st.stop()
@@ -81,12 +82,13 @@ def _act(action: str) -> None:
         st.toast(f"{count:,} image(s) queued again." if count else "Nothing to retry.")
 
 
-st.title(job.name or f"Job {job.id}")
+st.title(common.md_text(job.name or f"Job {job.id}"))  # names are user text, not Markdown
 meta = st.container(horizontal=True, vertical_alignment="center")
 with meta:
     common.status_badge(job.status)
     st.caption(
-        f"Job `{job.id}` · created {common.age(job.created_at)} · {job.source or 'no source'} · "
+        f"Job `{job.id}` · created {common.age(job.created_at)} · "
+        f"{common.md_text(job.source or 'no source')} · "
         f"{job.products:,} products · {job.images:,} images · "
         f"{job.rejected_rows:,} rejected rows · {job.duplicates_removed:,} duplicate URLs removed"
     )
@@ -293,7 +295,7 @@ with failures:
             db, job.id, error_code=code or None, text=text.strip() or None, limit=1000
         )
         st.dataframe(
-            frame,
+            common.redacted(frame, "url", "error"),  # no credentials or tokens on screen
             hide_index=True,
             width="stretch",
             column_config={
@@ -342,13 +344,16 @@ with gallery:
                 except Exception:
                     st.caption("(image unavailable)")
                 size = f" · {image.width}×{image.height}" if image.width and image.height else ""  # noqa: RUF001
-                st.caption(f"{image.file}{size}")
+                st.caption(common.md_text(f"{image.file}{size}"))
         others = [image for image in images if image not in shown]
         if others:
             st.dataframe(
-                pd.DataFrame(
-                    [(i.position, i.status, i.error or "") for i in others],
-                    columns=["#", "Status", "Reason"],
+                common.redacted(
+                    pd.DataFrame(
+                        [(i.position, i.status, i.error or "") for i in others],
+                        columns=["#", "Status", "Reason"],
+                    ),
+                    "Reason",
                 ),
                 hide_index=True,
                 width="stretch",
@@ -373,7 +378,7 @@ with problems:
         )
         st.html(_link_button(common.rejected_csv_url(job.id), "⬇ Rejected rows (CSV)"))
         st.dataframe(
-            rows.rename(
+            common.redacted(rows, "url", "reason").rename(
                 columns={
                     "row": "Row",
                     "kind": "Kind",

@@ -100,7 +100,7 @@ def grid_source() -> tuple[ParsedInput | None, str, dict[int, int] | None]:
         )
         st.button("Use the file uploader instead", on_click=_use_file_uploader)
     if result.error:
-        st.error(result.error)
+        st.error(common.md_text(result.error, 1000))
     return result.parsed, "pasted rows", result.row_numbers
 
 
@@ -158,8 +158,8 @@ def _parse_cached(scope: str, parse: object) -> ParsedInput | None:
             else:
                 outcome = str(exc)
         state["parse_cache"] = (cache_key, outcome)
-    if isinstance(outcome, str):
-        st.error(outcome, icon=":material/error:")
+    if isinstance(outcome, str):  # quotes the file name and the input: shown as text
+        st.error(common.md_text(outcome, 1000), icon=":material/error:")
         return None
     _column_mapping(outcome, scope)
     return outcome
@@ -244,7 +244,7 @@ def preview(parsed: ParsedInput, row_numbers: dict[int, int] | None) -> None:
                         "#": first["position"],
                         "Image URL": first["url"],
                     }
-                ),
+                ).pipe(common.redacted, "Image URL"),  # no credentials or tokens on screen
                 hide_index=True,
                 width="stretch",
             )
@@ -256,14 +256,14 @@ def preview(parsed: ParsedInput, row_numbers: dict[int, int] | None) -> None:
         frame = pd.DataFrame(
             [(shown_row(r.row), r.reason, r.product, r.url) for r in parsed.rejected[:5000]],
             columns=[row_label, "Reason", "Product", "URL"],
-        )
+        ).pipe(common.redacted, "Reason", "URL")
         st.dataframe(frame, hide_index=True, width="stretch", height=min(400, 38 + 35 * len(frame)))
     if parsed.duplicates:
         with st.expander(f"Duplicate URLs removed ({len(parsed.duplicates):,})"):
             frame = pd.DataFrame(
                 [(shown_row(r.row), r.reason, r.product, r.url) for r in parsed.duplicates[:5000]],
                 columns=[row_label, "Reason", "Product", "URL"],
-            )
+            ).pipe(common.redacted, "Reason", "URL")
             st.dataframe(frame, hide_index=True, width="stretch")
 
 

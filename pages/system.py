@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from downloader import health, jobs
+from downloader.redact import redact_text
 from pages import _common as common
 
 services = common.services()
@@ -28,7 +29,7 @@ for check in checks:
         st.markdown(
             f"{':material/check_circle:' if check.ok else ':material/cancel:'} **{check.name}**"
         )
-        st.caption(check.detail)
+        st.caption(common.md_text(check.detail, 1000))  # quotes paths, servers' errors
 
 engine = common.engine_thread()
 st.subheader("Engines")
@@ -36,7 +37,8 @@ if engine is not None:
     if engine.alive:
         st.caption("This server runs an embedded engine thread: it is alive.")
     elif engine.error is not None:
-        st.error(f"The embedded engine stopped with an error: {engine.error!r}")
+        error = common.md_text(redact_text(repr(engine.error)), 1000)
+        st.error(f"The embedded engine stopped with an error: {error}")
     else:
         st.warning("The embedded engine thread is not running.")
 elif settings.embedded_worker and common.installed_services() is None:
