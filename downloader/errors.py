@@ -1,4 +1,5 @@
-"""Errors a person caused and can fix: shown as one line, never as a traceback.
+"""Errors a person caused and can fix: shown as one line, never as a traceback; and
+`excerpt`, which keeps quoted outside text short in any message.
 
 Kept free of heavy imports so the command line can catch them without loading pandas.
 """
@@ -14,3 +15,19 @@ class JobNotFound(UserError, LookupError):
 
 class RateLimited(UserError, RuntimeError):
     pass
+
+
+ELLIPSIS = "…"
+
+
+def excerpt(text: str, limit: int = 100) -> str:
+    """`text` cut to at most `limit` characters, ending in an ellipsis when cut.
+
+    For quoting text that someone else chose (a URL's host, a server's reason phrase) in a
+    message: the message stays one short sentence however long the text was.
+    """
+    if len(text) <= limit:
+        return text
+    if limit <= 0:
+        return ""
+    return text[: limit - 1] + ELLIPSIS

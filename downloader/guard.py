@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 
 import idna
 
+from downloader.errors import excerpt
 from downloader.hosts import (
     DEPRECATED_WRAPPERS,
     HostPattern,
@@ -209,7 +210,7 @@ class Guard:
         if isinstance(ip, str):
             parsed = parse_ip_host(ip)
             if parsed is None:
-                return f"{ip!r} is not an IP address"
+                return f"{excerpt(repr(ip))} is not an IP address"
             ip = parsed
         label = self._label(ip)
         if label is None:
@@ -238,7 +239,7 @@ class Guard:
         if addr is not None:
             label = self._label(addr)
             if label is not None:
-                shown = str(addr) if name == str(addr) else f"{name} (= {addr})"
+                shown = str(addr) if name == str(addr) else f"{excerpt(name)} (= {addr})"
                 return f"{shown} is {label}; {BLOCKED_TAIL}"
             plain = str(addr)
         else:
@@ -250,12 +251,12 @@ class Guard:
                 # RFC 6761: always loopback, whatever DNS says.
                 label = self._label(ipaddress.IPv4Address("127.0.0.1"))
                 if label is not None:
-                    return f"{plain} is {label}; {BLOCKED_TAIL}"
+                    return f"{excerpt(plain)} is {label}; {BLOCKED_TAIL}"
         for pattern in self._deny:
             if pattern.matches(plain, addr):
-                return f"{plain} matches the URL denylist pattern {pattern.text!r}"
+                return f"{excerpt(plain)} matches the URL denylist pattern {pattern.text!r}"
         if self._allow and not any(p.matches(plain, addr) for p in self._allow):
-            return f"{plain} is not on the URL allowlist"
+            return f"{excerpt(plain)} is not on the URL allowlist"
         return None
 
     def vet_url(self, url: str) -> Refusal | None:
@@ -366,7 +367,9 @@ def vet_resolved(guard: Guard, host: str, results: Sequence[ResolveResult]) -> l
         if label is None:
             allowed.append(result)
         elif first_refusal is None:
-            first_refusal = f"{host} resolves to {result['host']}, {label}; {BLOCKED_TAIL}"
+            first_refusal = f"{excerpt(host)} resolves to {result['host']}, {label}; {BLOCKED_TAIL}"
     if not allowed:
-        raise AddressBlockedError(first_refusal or f"{host} did not resolve to any address")
+        raise AddressBlockedError(
+            first_refusal or f"{excerpt(host)} did not resolve to any address"
+        )
     return allowed

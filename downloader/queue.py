@@ -3,19 +3,26 @@
 Every function takes the Database explicitly and runs one short write transaction. On
 SQLite those transactions are serialised by BEGIN IMMEDIATE; on PostgreSQL claims use
 FOR UPDATE SKIP LOCKED so concurrent workers never take the same image.
+
+Results are the one way the engine writes what it learned: `record_results` cuts every string
+to its column (lengths read from the schema) and, when the database still refuses a batch,
+writes it row by row so only the refused row is lost (recorded as `internal_error`).
 """
 
 from __future__ import annotations
 
+import logging
 import operator
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlmodel import Session
 
 from downloader.db import Database, placeholder, rowcount
+from downloader.errors import excerpt
 from downloader.models import (
     IMAGE,
     JOB,
@@ -23,13 +30,13 @@ from downloader.models import (
     ImageStatus,
     JobStatus,
 )
+from downloader.settling import lock_jobs_for_settling, marks, settle_jobs, settle_products
+
+log = logging.getLogger(__name__)
 
 # Plain strings for the driver-level statements, which bypass SQLAlchemy's type handling.
 _QUEUED = ImageStatus.QUEUED.value
 _DOWNLOADING = ImageStatus.DOWNLOADING.value
-_DONE = ImageStatus.DONE.value
-_DUPLICATE = ImageStatus.DUPLICATE.value
-_PENDING = tuple(status.value for status in PENDING_IMAGE_STATUSES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +76,9 @@ class FlushReport:
     written: int
     stale: int  # results dropped because this worker no longer held the lease
     completed_jobs: list[str]
-    duplicate_keys: list[str]  # storage keys of files that turned out duplicates
+    # storage keys of files no image row refers to any more, for the caller to delete: the
+    # files of duplicates, and of results the database refused (recorded as internal_error)
+    duplicate_keys: list[str]
 
 
 # ---------------------------------------------------------------- claiming
@@ -83,7 +92,7 @@ def claim(
     *,
     job_id: str | None = None,
 ) -> list[Claim]:
-    """Lease up to `limit` queued images of the oldest active jobs to this worker."""
+    """Lease up to `limit` queued images of active jobs, first queued first."""
     if limit <= 0:
         return []
     now = time.time()
@@ -94,7 +103,9 @@ def claim(
         )
         if job_id is not None:
             job_query = job_query.where(JOB.c.id == job_id)
-        jobs = session.execute(job_query.order_by(JOB.c.created_at)).all()
+        # queued_at: creation, or the last "retry failed" (then the job waits its turn again)
+        queued = func.coalesce(JOB.c.queued_at, JOB.c.created_at)
+        jobs = session.execute(job_query.order_by(queued, JOB.c.created_at)).all()
         for active_job_id, status in jobs:
             wanted = limit - len(claims)
             if wanted <= 0:
@@ -171,16 +182,106 @@ _RESULT_COLUMNS = (
 )
 _result_values = operator.attrgetter(*_RESULT_COLUMNS[1:])  # after the status, in one call
 
+# (position in a result row, column length) of every string column a result writes, read from
+# the schema so the cut never drifts from it. Error texts quote URLs and servers' words, and
+# PostgreSQL refuses a value longer than its VARCHAR where SQLite would store it.
+_STRING_LIMITS = tuple(
+    (index, length)
+    for index, name in enumerate(_RESULT_COLUMNS)
+    if (length := getattr(IMAGE.c[name].type, "length", None))
+)
+
+INTERNAL_ERROR = "internal_error"
+
+
+_string_values = operator.itemgetter(*(index for index, _ in _STRING_LIMITS))
+
+
+def _fit(value: str, limit: int) -> str:
+    """`value` without NUL characters (no PostgreSQL text holds one), cut to `limit`."""
+    return excerpt(value.replace("\x00", ""), limit)
+
+
+def _result_row(result: Result) -> tuple[object, ...]:
+    """The values of `_RESULT_COLUMNS` for `result`, every string fitted to its column.
+
+    The usual row, where everything fits, is checked in one pass and not copied: this runs
+    once per image."""
+    values = (str(result.status), *_result_values(result))
+    for value, (_, limit) in zip(_string_values(values), _STRING_LIMITS, strict=True):
+        if value is not None and (len(value) > limit or "\x00" in value):
+            fitted = list(values)
+            for index, length in _STRING_LIMITS:
+                if fitted[index] is not None:
+                    fitted[index] = _fit(fitted[index], length)
+            return tuple(fitted)
+    return values
+
 
 def record_results(db: Database, worker_id: str, results: Sequence[Result]) -> FlushReport:
     """Write a batch of results in one transaction, then settle finished products and jobs.
 
     Only results for images this worker still leases are written (a lease that expired and
     was taken over belongs to the new owner), so no image is ever recorded twice.
+
+    Strings are cut to their columns. If the database refuses the batch all the same (a
+    value no cut covers, e.g. a number out of range), the results are written one by one and
+    a refused one is recorded as failed with `internal_error`: the rest of the batch is kept,
+    and the engine neither dies nor gets the image back to fail on again. Only an unusable
+    database (lost connection, lock timeout, deadlock) is raised, as before.
     """
-    report = FlushReport(written=0, stale=0, completed_jobs=[], duplicate_keys=[])
     if not results:
-        return report
+        return FlushReport(written=0, stale=0, completed_jobs=[], duplicate_keys=[])
+    try:
+        return _record_batch(db, worker_id, results)
+    except Exception as exc:
+        if len(results) == 1 and _database_unusable(exc):
+            raise
+        log.warning(
+            "the database refused a batch of %d results (%s); writing them one by one",
+            len(results),
+            type(exc).__name__,
+        )
+    report = FlushReport(written=0, stale=0, completed_jobs=[], duplicate_keys=[])
+    for result in sorted(results, key=lambda r: r.image_id):
+        try:
+            part = _record_batch(db, worker_id, [result])
+        except Exception as exc:
+            if _database_unusable(exc):
+                raise
+            log.exception("the database refused the result of image %s", result.image_id)
+            part = _record_batch(db, worker_id, [_refused(result, exc)])
+            if result.storage_key and part.written:
+                part.duplicate_keys.append(result.storage_key)  # no row refers to the file
+        report.written += part.written
+        report.stale += part.stale
+        report.completed_jobs.extend(part.completed_jobs)
+        report.duplicate_keys.extend(part.duplicate_keys)
+    return report
+
+
+def _database_unusable(exc: BaseException) -> bool:
+    """True when `exc` is the database's failure rather than the rows' (a lost connection, a
+    lock timeout, a deadlock): branding a result as refused would then lose a good one."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def _refused(result: Result, exc: BaseException) -> Result:
+    """What is recorded for a result the database would not take: failed, nothing else kept."""
+    return Result(
+        image_id=result.image_id,
+        status=ImageStatus.FAILED,
+        attempts=result.attempts,
+        error_code=INTERNAL_ERROR,
+        error=f"Internal error: the database refused this image's result ({type(exc).__name__}).",
+    )
+
+
+def _record_batch(db: Database, worker_id: str, results: Sequence[Result]) -> FlushReport:
+    """record_results' one transaction for `results` (not empty)."""
+    report = FlushReport(written=0, stale=0, completed_jobs=[], duplicate_keys=[])
     now = time.time()
     ids = [r.image_id for r in results]
     with db.write() as session:
@@ -192,7 +293,7 @@ def record_results(db: Database, worker_id: str, results: Sequence[Result]) -> F
             f"UPDATE image SET {assignments}, lease_owner = NULL, lease_expires = NULL,"
             f" updated_at = {m} WHERE id = {m} AND lease_owner = {m}",
             [
-                (str(r.status), *_result_values(r), now, r.image_id, worker_id)
+                (*_result_row(r), now, r.image_id, worker_id)
                 for r in sorted(results, key=lambda r: r.image_id)  # one lock order for all
             ],
         )
@@ -200,105 +301,22 @@ def record_results(db: Database, worker_id: str, results: Sequence[Result]) -> F
         report.written = written
         report.stale = len(results) - written
         touched = conn.exec_driver_sql(
-            f"SELECT DISTINCT job_id, product_id FROM image WHERE id IN {_marks(m, len(ids))}",
+            f"SELECT DISTINCT job_id, product_id FROM image WHERE id IN {marks(m, len(ids))}",
             tuple(ids),
         ).all()
         product_ids = sorted({product_id for _, product_id in touched})
         job_ids = sorted({job for job, _ in touched})
         if db.is_postgres:
-            _lock_jobs_for_settling(session, job_ids)
-        report.duplicate_keys = _settle_products(session, product_ids)
-        report.completed_jobs = _settle_jobs(session, job_ids, now)
+            lock_jobs_for_settling(session, job_ids)
+        report.duplicate_keys = settle_products(session, product_ids)
+        report.completed_jobs = settle_jobs(session, job_ids, now)
     return report
-
-
-def _marks(mark: str, count: int) -> str:
-    """A parenthesised list of `count` placeholders, for IN."""
-    return "(" + ", ".join([mark] * count) + ")"
-
-
-_PG_SETTLE_LOCK = 726_473_002  # advisory-lock class for settling one job's products
-
-
-def _lock_jobs_for_settling(session: Session, job_ids: Sequence[str]) -> None:
-    """PostgreSQL: serialise settling per job until commit.
-
-    Under READ COMMITTED two workers recording the last images of one product at the same
-    time do not see each other's uncommitted rows, so each would think the other's images
-    are still pending and nobody would settle the product or complete the job. Holding a
-    transaction-level lock per job (taken in sorted order, so no deadlock) makes the second
-    writer's settle queries run after the first one committed.
-    """
-    for job_id in job_ids:
-        session.execute(
-            text("SELECT pg_advisory_xact_lock(:cls, hashtext(:job))"),
-            {"cls": _PG_SETTLE_LOCK, "job": job_id},
-        )
-
-
-def _settle_products(session: Session, product_ids: Sequence[int]) -> list[str]:
-    """Mark same-bytes images as duplicates once every image of their product is final.
-
-    Waiting for the whole product makes "the later image is the duplicate" follow input
-    order, not the order downloads happened to finish in.
-    """
-    if not product_ids:
-        return []
-    conn = session.connection()
-    m = placeholder(conn)
-    # Products with nothing pending, and the images already downloaded in them.
-    rows = conn.exec_driver_sql(
-        f"SELECT id, product_id, sha256, storage_key FROM image WHERE status = {m}"
-        f" AND product_id IN (SELECT product_id FROM image WHERE product_id IN"
-        f" {_marks(m, len(product_ids))} GROUP BY product_id"
-        f" HAVING SUM(CASE WHEN status IN {_marks(m, len(_PENDING))}"
-        " THEN 1 ELSE 0 END) = 0) ORDER BY product_id, position",
-        (_DONE, *product_ids, *_PENDING),
-    ).all()
-    first_by_hash: dict[tuple[int, str], int] = {}
-    duplicates: list[tuple[str, int, int]] = []
-    keys: list[str] = []
-    for image_id, product_id, sha, key in rows:
-        original = first_by_hash.setdefault((product_id, sha), image_id)
-        if original != image_id:
-            duplicates.append((_DUPLICATE, original, image_id))
-            if key:
-                keys.append(key)
-    if duplicates:
-        conn.exec_driver_sql(
-            f"UPDATE image SET status = {m}, duplicate_of_id = {m}, storage_key = NULL"
-            f" WHERE id = {m}",
-            duplicates,
-        )
-    return keys
-
-
-def _settle_jobs(session: Session, job_ids: Iterable[str], now: float) -> list[str]:
-    completed: list[str] = []
-    for job_id in job_ids:
-        pending = session.execute(
-            select(IMAGE.c.id)
-            .where(
-                IMAGE.c.job_id == job_id,
-                IMAGE.c.status.in_(PENDING_IMAGE_STATUSES),
-            )
-            .limit(1)
-        ).first()
-        if pending is None:
-            done = session.execute(
-                update(JOB)
-                .where(JOB.c.id == job_id, JOB.c.status == JobStatus.RUNNING)
-                .values(status=JobStatus.COMPLETED, finished_at=now)
-            )
-            if rowcount(done):
-                completed.append(job_id)
-    return completed
 
 
 def settle_job(db: Database, job_id: str) -> bool:
     """Complete a running job with nothing pending (e.g. all its rows were rejected)."""
     with db.write() as session:
-        return bool(_settle_jobs(session, [job_id], time.time()))
+        return bool(settle_jobs(session, [job_id], time.time()))
 
 
 def release_claims(db: Database, worker_id: str, image_ids: Sequence[int]) -> None:
