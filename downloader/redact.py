@@ -46,6 +46,8 @@ _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _TOKEN_VALUE = re.compile(r"[A-Za-z0-9_\-+/=.~%]{20,}\Z")
 _HAS_LETTER = re.compile(r"[A-Za-z]")
 _HAS_DIGIT = re.compile(r"[0-9]")
+_WEB_SCHEMES = ("http", "ws", "ftp")
+_DB_USERINFO = re.compile(r"[^:/@?#]*:[^@]*@")
 # URL-shaped substrings of free text: scheme://… up to white space, quotes or angle brackets.
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{0,30}://[^\s<>\"'`]+")
 
@@ -105,6 +107,10 @@ def redact_url(url: str) -> str:
             if found != -1:
                 end = min(end, found)
         at = text.rfind("@", start, end)
+        if at == -1 and not text[:scheme_end].lower().startswith(_WEB_SCHEMES):
+            # Database URLs (SQLAlchemy) allow a raw / ? # in the password: user:pass@ first.
+            userinfo = _DB_USERINFO.match(text, start)
+            at = userinfo.end() - 1 if userinfo else -1
         if at != -1:
             text = text[:start] + _redact_userinfo(text[start:at]) + text[at:]
     head, hash_mark, fragment = text.partition("#")

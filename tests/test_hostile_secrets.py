@@ -90,6 +90,11 @@ PRESIGNED = (
             ["pw1", "pw2"],
             ["postgresql+psycopg://app:***@db.internal:5432/prod?password=***&sslmode=require"],
         ),
+        (
+            "postgresql://app:pa/ss?w#rd@db.internal/prod",  # raw / ? # (SQLAlchemy allows)
+            ["pa/ss", "w#rd"],
+            ["postgresql://app:***@db.internal/prod"],
+        ),
     ],
 )
 def test_redact_url_masks_userinfo_and_token_values(
