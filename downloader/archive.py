@@ -1,7 +1,9 @@
 """ZIP archives of a job's images and its manifest (downloader.manifest), streamed.
 
 Product ZIP (`folder_per_product=False`): the product's files + `manifest.csv`.
-Master ZIP (`folder_per_product=True`): `{product}/{file}` for every product + `manifest.csv`.
+Master ZIP (`folder_per_product=True`): `{folder}/{file}` for every product + `manifest.csv`,
+where `folder` is the product's folder name (downloader.naming: no device names, unique in
+the job ignoring case), carried by the rows.
 
 Entries are stored (images are compressed already) and produced by zipstream-ng while the
 caller iterates: file bytes are read lazily from the storage in chunks, `rows` is consumed
@@ -35,6 +37,7 @@ from downloader.manifest import (
     ManifestRow,
     image_file_name,
 )
+from downloader.naming import folder_name, safe_segment
 from downloader.storage import DEFAULT_CHUNK_SIZE, Storage, iter_stream
 
 log = logging.getLogger(__name__)
@@ -63,9 +66,9 @@ _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def _safe_name(text: str, fallback: str) -> str:
-    """One path component for inside a ZIP: no separators, no leading dots."""
-    name = _UNSAFE_NAME_CHARS.sub("_", text).lstrip(".")
-    return name or fallback
+    """One path component for inside a ZIP: no separators, no leading dots, no Windows
+    device name (defence in depth: the names reaching here are derived safely already)."""
+    return safe_segment(_UNSAFE_NAME_CHARS.sub("_", text), fallback)
 
 
 def _entry_names(row: ManifestRow, folder_per_product: bool) -> tuple[str, str]:
@@ -74,9 +77,11 @@ def _entry_names(row: ManifestRow, folder_per_product: bool) -> tuple[str, str]:
         file_name = _safe_name(row.file.rsplit("/", 1)[-1], f"{row.position}")
     else:
         ext = (row.key or "").rsplit(".", 1)[-1] if "." in (row.key or "") else "bin"
-        file_name = _safe_name(image_file_name(row.product, row.position, ext), f"{row.position}")
+        folder = row.folder or folder_name(row.product)
+        file_name = _safe_name(image_file_name(folder, row.position, ext), f"{row.position}")
     if folder_per_product:
-        return file_name, f"{_safe_name(row.product, 'product')}/{file_name}"
+        folder = row.folder or folder_name(row.product)  # stored: unique in the job
+        return file_name, f"{_safe_name(folder, 'product')}/{file_name}"
     return file_name, file_name
 
 

@@ -6,7 +6,7 @@ Rows stream from the database in product then position order; ZIPs stream from s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from sqlalchemy import select
 
@@ -14,6 +14,7 @@ from downloader.archive import ZipChunk, stream_zip, zip_size
 from downloader.db import Database
 from downloader.manifest import ManifestRow, image_file_name, manifest_csv_chunks
 from downloader.models import IMAGE, PRODUCT, ImageStatus, JobPublic
+from downloader.naming import folder_name
 from downloader.storage import Storage
 
 
@@ -25,6 +26,7 @@ def manifest_rows(
     query = (
         select(
             PRODUCT.c.number,
+            PRODUCT.c.folder,
             IMAGE.c.position,
             IMAGE.c.url,
             IMAGE.c.status,
@@ -53,6 +55,7 @@ def manifest_rows(
         result = session.execute(query.execution_options(yield_per=2000))
         for (
             number,
+            folder,
             pos,
             url,
             status,
@@ -70,12 +73,13 @@ def manifest_rows(
             dup_pos,
             dup_fmt,
         ) in result:
+            folder = folder or folder_name(number)  # None: a product stored without one
             yield ManifestRow(
                 product=number,
                 position=pos,
                 source_url=url,
                 status=status,
-                file=image_file_name(number, pos, fmt)
+                file=image_file_name(folder, pos, fmt)
                 if status == ImageStatus.DONE and fmt
                 else None,
                 sha256=sha,
@@ -86,11 +90,12 @@ def manifest_rows(
                 http_status=http,
                 attempts=attempts,
                 error=f"{err} ({code})" if err and code else err,
-                duplicate_of=image_file_name(number, dup_pos, dup_fmt)
+                duplicate_of=image_file_name(folder, dup_pos, dup_fmt)
                 if dup_pos and dup_fmt
                 else None,
                 key=key if status == ImageStatus.DONE else None,
                 crc32=crc,
+                folder=folder,
             )
 
 
@@ -116,7 +121,25 @@ def manifest_csv(db: Database, job_id: str) -> Iterator[bytes]:
     return manifest_csv_chunks(manifest_rows(db, job_id))
 
 
-def zip_file_name(job: JobPublic, product: str | None = None) -> str:
+def zip_file_name(job: JobPublic, product: str | None = None, *, folder: str | None = None) -> str:
+    """The download name of the job's ZIP, or of one product's: its folder name (pass the
+    stored one from `product_folders`; without it the name is still safe, but a case twin
+    is not told apart)."""
     if product is not None:
-        return f"{product}.zip"
+        return f"{folder or folder_name(product)}.zip"
     return f"job-{job.id}.zip"
+
+
+def product_folders(db: Database, job_id: str, products: Iterable[str]) -> dict[str, str]:
+    """The folder name of each of these products of the job, as every export uses it."""
+    wanted = list(dict.fromkeys(products))
+    folders: dict[str, str] = {}
+    with db.read() as session:
+        for start in range(0, len(wanted), 500):
+            rows = session.execute(
+                select(PRODUCT.c.number, PRODUCT.c.folder).where(
+                    PRODUCT.c.job_id == job_id, PRODUCT.c.number.in_(wanted[start : start + 500])
+                )
+            ).all()
+            folders.update({number: folder or folder_name(number) for number, folder in rows})
+    return folders

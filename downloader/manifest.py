@@ -52,6 +52,7 @@ class ManifestRow:
     duplicate_of: str | None = None
     key: str | None = None  # storage key; not written to the CSV
     crc32: int | None = None  # of the stored bytes, when known; not written to the CSV
+    folder: str | None = None  # the product's folder (downloader.naming); not in the CSV
 
     def csv_values(self) -> list[object]:
         return [
@@ -77,9 +78,10 @@ class ManifestRow:
         return self.status == "done" and bool(self.key)
 
 
-def image_file_name(product: str, position: int, ext: str) -> str:
-    """The file name of an image inside its product: `{product}_{position}.{ext}`."""
-    return f"{product}_{position}.{ext}"
+def image_file_name(folder: str, position: int, ext: str) -> str:
+    """The file name of an image inside its product: `{product}_{position}.{ext}`, where the
+    product part is the product's folder name (downloader.naming), not the number as typed."""
+    return f"{folder}_{position}.{ext}"
 
 
 class CsvEncoder:

@@ -57,6 +57,9 @@ class Job(JobBase, table=True):
     id: str = Field(default_factory=new_job_id, primary_key=True, max_length=32)
     status: str = Field(default=JobStatus.QUEUED, max_length=12, index=True)
     created_at: float = Field(default_factory=time.time, index=True)
+    # The job's place in the claim order: its creation time, moved to the back of the queue
+    # when failures are retried (created_at stays what the job list shows).
+    queued_at: float | None = Field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
     products: int = 0
@@ -89,6 +92,9 @@ class Product(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     job_id: str = Field(foreign_key="job.id", max_length=32)
     number: str = Field(max_length=64)
+    # The product's folder and file-name prefix in every export (downloader.naming): safe on
+    # every file system, unique in its job ignoring case; None for rows written without one
+    folder: str | None = Field(default=None, max_length=200)
     position: int = Field(description="order of first appearance in the input")
     image_count: int = 0
 

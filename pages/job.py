@@ -253,16 +253,18 @@ with downloads:
             st.caption("No product matches.")
             return
         grid = st.columns(4)
+        folders = jobs.product_folders(db, job.id, [product for product, _ in found])
         for index, (product, images) in enumerate(found):
+            zip_name = jobs.zip_file_name(job, product, folder=folders.get(product))
             grid[index % 4].download_button(
                 product,
                 data=partial(jobs.product_zip_bytes, db, services.storage, job.id, product),
-                file_name=jobs.zip_file_name(job, product),
+                file_name=zip_name,
                 mime="application/zip",
                 icon=":material/folder_zip:",
                 on_click="ignore",
                 key=f"zip-{product}",
-                help=f"{product}.zip: its downloaded images (of {images:,}) and manifest.csv",
+                help=f"{zip_name}: its downloaded images (of {images:,}) and manifest.csv",
                 width="stretch",
             )
         if job.products > len(found):

@@ -47,7 +47,9 @@ def cancel_job(db: Database, job_id: str) -> bool:
 
 
 def retry_failed(db: Database, job_id: str) -> int:
-    """Queue failed (and skipped) images again and reopen the job."""
+    """Queue failed (and skipped) images again and reopen the job at the back of the queue:
+    claims go by `queued_at`, so jobs queued since are served first (an old job's creation
+    time would put its retries ahead of them). `created_at` stays for display."""
     with db.write() as session:
         count = rowcount(
             session.execute(
@@ -63,7 +65,7 @@ def retry_failed(db: Database, job_id: str) -> int:
             session.execute(
                 update(JOB)
                 .where(JOB.c.id == job_id)
-                .values(status=JobStatus.RUNNING, finished_at=None)
+                .values(status=JobStatus.RUNNING, finished_at=None, queued_at=time.time())
             )
     return int(count or 0)
 

@@ -11,6 +11,7 @@ from sqlalchemy import ColumnElement, Select, case, func, or_, select
 from downloader.db import Database
 from downloader.manifest import csv_rows_chunks, image_file_name
 from downloader.models import IMAGE, PENDING_IMAGE_STATUSES, PRODUCT, REJECTED_ROW, ImageStatus
+from downloader.naming import folder_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -205,6 +206,7 @@ def product_images(db: Database, job_id: str, product: str, *, limit: int = 200)
     with db.read() as session:
         rows = session.execute(
             select(
+                PRODUCT.c.folder,
                 IMAGE.c.position,
                 IMAGE.c.status,
                 IMAGE.c.storage_key,
@@ -223,7 +225,9 @@ def product_images(db: Database, job_id: str, product: str, *, limit: int = 200)
         ImageInfo(
             product=product,
             position=pos,
-            file=image_file_name(product, pos, fmt) if fmt and status == ImageStatus.DONE else None,
+            file=image_file_name(folder or folder_name(product), pos, fmt)
+            if fmt and status == ImageStatus.DONE
+            else None,
             status=status,
             key=key,
             width=w,
@@ -232,5 +236,5 @@ def product_images(db: Database, job_id: str, product: str, *, limit: int = 200)
             size_bytes=size,
             error=err,
         )
-        for pos, status, key, w, h, fmt, size, err in rows
+        for folder, pos, status, key, w, h, fmt, size, err in rows
     ]
