@@ -23,6 +23,7 @@ ERROR_CODES = (
     "circuit_open",
     "decompression_bomb",
     "bad_encoding",
+    "bad_response",
     "internal_error",
     "cancelled",
 )

@@ -39,6 +39,7 @@ from downloader.fetch.outcomes import (
 )
 from downloader.fetch.sniff import HEAD_BYTES, SniffError, check_magic, image_info
 from downloader.fetch.tempfiles import create_temp_file
+from downloader.fetch.wire import BadResponse
 from downloader.storage.base import write_all
 
 DECODE_STEP = 256 * 1024  # most decoded bytes produced per zlib call
@@ -188,6 +189,8 @@ class BodyReceiver:
                 return Failure(exc.code, exc.message, status=status)
             except TruncatedBody:
                 return _truncated(status)
+            except BadResponse as exc:  # endless chunk framing or trailers
+                return Failure("bad_response", str(exc), status=status, reachable=None)
             except httpx.ReadTimeout:
                 return Failure(
                     "timeout",

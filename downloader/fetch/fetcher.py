@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from downloader.errors import excerpt
 from downloader.fetch.body import DECODE_STEP, SPOOL_BYTES, BodyReceiver
 from downloader.fetch.client import (
     BlockedAddress,
@@ -49,7 +50,7 @@ from downloader.fetch.outcomes import (
 )
 from downloader.fetch.retry import RetryPolicy, is_retryable_status, parse_retry_after
 from downloader.fetch.tempfiles import TEMP_SUFFIX
-from downloader.fetch.wire import HttpConnection, header_map
+from downloader.fetch.wire import BadResponse, HttpConnection, header_map
 from downloader.guard import Guard
 from downloader.redact import redact_logger
 
@@ -60,6 +61,7 @@ log = redact_logger(logging.getLogger(__name__))  # its lines can name URLs
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 DRAIN_LIMIT = 64 * 1024  # read small error/redirect bodies so the connection can be reused
+REASON_QUOTE = 100  # characters of a server's reason phrase quoted in a message
 
 
 @dataclass(slots=True)
@@ -88,10 +90,11 @@ def _host_key(url: httpx.URL) -> str:
 
 
 def _reason_phrase(connection: HttpConnection) -> str:
+    """The standard phrase of the status, or the server's own (quoted short: it chose it)."""
     try:
         return http.HTTPStatus(connection.status).phrase
     except ValueError:
-        return connection.reason.decode("ascii", errors="ignore")
+        return excerpt(connection.reason.decode("ascii", errors="ignore").strip(), REASON_QUOTE)
 
 
 class Fetcher:
@@ -350,6 +353,8 @@ class Fetcher:
                 f"The URL cannot be requested ({describe_exception(exc)}).",
                 reachable=None,
             )
+        except BadResponse as exc:  # a head past a cap: the same server would send it again
+            return Failure("bad_response", str(exc), reachable=None)
         except httpx.TransportError as exc:
             return Failure(
                 "connection_error",

@@ -8,6 +8,15 @@ connecting, the guard, pooling and the httpx API are in `client.py`.
 A connection carries one exchange at a time. The response's body arrives as the chunks the
 socket delivered; reading pauses while more than `HIGH_WATER` bytes wait to be consumed.
 The read timeout is the longest silence allowed while the caller waits for data.
+
+A server chooses what it sends, so the head is capped as it is parsed (as h11 and aiohttp
+cap theirs): `MAX_HEAD_BYTES` for the whole head (interim 1xx answers included),
+`MAX_HEADERS` header lines, `MAX_STATUS_LINE` for the reason phrase. Past a cap the exchange
+fails at once with `BadResponse`, before the rest is read or kept. Chunk framing and trailers
+are held to the same caps (`MAX_HEAD_BYTES` between two packets that carry body bytes). Bytes
+after the answer's end (past its Content-Length or its last chunk) are never part of the body:
+the connection is closed instead of reused (a blank line, which RFC 9112 lets a client skip,
+is ignored).
 """
 
 from __future__ import annotations
@@ -15,16 +24,28 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import AsyncIterator
+from typing import NoReturn
 
 import httptools
 import httpx
 
 HIGH_WATER = 2**19  # body bytes buffered before the socket stops being read
 CLOSE_DELIMITED = -1  # the body ends when the server closes (no length, not chunked)
+MAX_HEAD_BYTES = 64 * 1024  # a response's head: status lines and header lines, 1xx included
+MAX_HEADERS = 100  # header lines in one head
+MAX_STATUS_LINE = 8 * 1024  # the reason phrase (aiohttp's line limit is 8190)
 
 
 class TruncatedBody(httpx.RemoteProtocolError):
     """The connection ended before the whole body (Content-Length or chunked) arrived."""
+
+
+class BadResponse(httpx.RemoteProtocolError):
+    """The server's answer broke a limit of this client (its text is a sentence for users)."""
+
+
+class _StopParsing(Exception):
+    """Raised from a parser callback to stop llhttp at once (the reason is kept aside)."""
 
 
 class HttpConnection(asyncio.Protocol):
@@ -51,6 +72,12 @@ class HttpConnection(asyncio.Protocol):
         self.status = 0
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        # Bytes of the packets since the last one that carried body bytes: the head, chunk
+        # framing, trailers (llhttp keeps a header line it has not finished inside, without a
+        # callback, so they are counted here, packet by packet).
+        self._overhead = 0
+        self._fed_header_bytes = 0  # header lines parsed from the packet being fed
+        self._body_seen = False  # the packet being fed carried body bytes
         self.http_version = "1.1"
         self.body_length: int | None = None  # CLOSE_DELIMITED, a Content-Length, or chunked
         self._head_done = False
@@ -64,15 +91,32 @@ class HttpConnection(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
-        if self.idle:  # nothing was asked: the connection cannot be trusted any more
+        if self.idle or self.complete:
+            # Nothing was asked (idle), or bytes after the answer's end: the connection cannot
+            # be trusted any more. The answer itself is whole and stays good.
             self.close()
             return
+        self._fed_header_bytes = 0
+        self._body_seen = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(httpx.RemoteProtocolError("the server switched protocols"))
         except httptools.HttpParserError as exc:
             self._fail(httpx.RemoteProtocolError(f"malformed response ({exc})"))
+        if self._body_seen:
+            self._overhead = 0
+        else:  # all of `data` was head, chunk framing or trailers
+            self._overhead += len(data)
+            if self._overhead > MAX_HEAD_BYTES:
+                self._fail(
+                    BadResponse(
+                        f"The server sent more than {MAX_HEAD_BYTES // 1024} KiB of chunk "
+                        "framing or trailers."
+                    )
+                    if self._head_done
+                    else _head_too_large()
+                )
 
     def eof_received(self) -> bool:
         return False  # close the transport: HTTP/1.1 has no half-closed use here
@@ -98,11 +142,30 @@ class HttpConnection(asyncio.Protocol):
 
     # -- httptools callbacks ---------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer behind the first one, in the same packet
+            self.close()
+            raise _StopParsing
+
     def on_status(self, status: bytes) -> None:
+        if len(self.reason) + len(status) > MAX_STATUS_LINE:
+            self._stop(
+                BadResponse(
+                    f"The server's status line is longer than {MAX_STATUS_LINE // 1024} KiB."
+                )
+            )
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        headers = self.headers
+        if len(headers) >= MAX_HEADERS:
+            self._stop(BadResponse(f"The server's response has more than {MAX_HEADERS} headers."))
+        # With the packets before this one (a line begun in one of them is counted twice:
+        # the cap errs by at most one line, towards refusing). Trailers count too.
+        self._fed_header_bytes += len(name) + len(value) + 4  # ": " and CRLF
+        if self._overhead + self._fed_header_bytes > MAX_HEAD_BYTES:
+            self._stop(_head_too_large())
+        headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.status = self._parser.get_status_code()
@@ -126,6 +189,7 @@ class HttpConnection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        self._body_seen = True
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > HIGH_WATER and not self._paused and self._transport is not None:
@@ -210,6 +274,15 @@ class HttpConnection(asyncio.Protocol):
         self.close()
         self._wake()
 
+    def _stop(self, error: BaseException) -> NoReturn:
+        """Fail the exchange with `error` from inside a parser callback, and stop parsing."""
+        self._fail(error)
+        raise _StopParsing
+
+
+def _head_too_large() -> BadResponse:
+    return BadResponse(f"The server's response head is larger than {MAX_HEAD_BYTES // 1024} KiB.")
+
 
 def describe_os_error(exc: BaseException) -> str:
     """The OS's own wording ('Connection refused') when there is one."""
@@ -218,15 +291,22 @@ def describe_os_error(exc: BaseException) -> str:
 
 def header_map(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
     """Lower-cased names to values, as httpx's `Headers.get` reads them: a repeated header's
-    values joined with ", ", UTF-8 text where the bytes are UTF-8, Latin-1 otherwise."""
+    values joined with ", ", UTF-8 text where the bytes are UTF-8, Latin-1 otherwise.
+    Repeated values are collected and joined once (joining as they come is quadratic)."""
     mapped: dict[str, str] = {}
+    repeated: dict[str, list[str]] = {}
     for raw_name, raw_value in headers:
         name = raw_name.lower().decode("latin-1")
         try:
             value = raw_value.decode("utf-8")
         except UnicodeDecodeError:
             value = raw_value.decode("latin-1")
-        mapped[name] = f"{mapped[name]}, {value}" if name in mapped else value
+        if name in mapped:
+            repeated.setdefault(name, [mapped[name]]).append(value)
+        else:
+            mapped[name] = value
+    for name, values in repeated.items():
+        mapped[name] = ", ".join(values)
     return mapped
 
 
