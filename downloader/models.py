@@ -13,7 +13,7 @@ import time
 import uuid
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Index, Table, UniqueConstraint
+from sqlalchemy import BigInteger, Index, Table, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -67,6 +67,10 @@ class Job(JobBase, table=True):
     rejected_rows: int = 0
     duplicates_removed: int = 0
     created_by: str = Field(default="", max_length=64, description="session or CLI identity")
+    # The signed-in person's e-mail (the CLI's --owner); None for jobs made before owners.
+    owner: str | None = Field(default=None, max_length=320, index=True)
+    # The job's extra request headers as JSON (jobs.request_headers); shown to the owner only.
+    request_headers: str | None = Field(default=None, sa_type=Text)
     input_sha256: str = Field(
         default="", max_length=64, index=True, description="fingerprint of the queued rows"
     )
