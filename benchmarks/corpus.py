@@ -209,18 +209,25 @@ def _write_url_list(name: str, rows: Iterator[tuple[str, str, str]], total: int)
     return UrlList(name, csv_path, aria2_path, curl_path, images, len(products), total)
 
 
-def download_list(images: list[CorpusFile], port: int) -> UrlList:
-    """N images, 5 per product, spread round-robin over the 16 loopback hosts."""
+def download_list(
+    images: list[CorpusFile],
+    port: int,
+    *,
+    hosts: tuple[str, ...] = HOSTS,
+    scheme: str = "http",
+    name: str = "download",
+) -> UrlList:
+    """N images, 5 per product, spread round-robin over the loopback hosts (16 by default)."""
 
     def rows() -> Iterator[tuple[str, str, str]]:
         for index, image in enumerate(images):
             product = f"P{index // IMAGES_PER_PRODUCT + 1:05d}"
             position = index % IMAGES_PER_PRODUCT + 1
             ext = image.name.rsplit(".", 1)[1]
-            url = f"http://{HOSTS[index % len(HOSTS)]}:{port}/img/{image.name}"
+            url = f"{scheme}://{hosts[index % len(hosts)]}:{port}/img/{image.name}"
             yield product, url, f"{product}_{position}.{ext}"
 
-    return _write_url_list(f"download-{len(images)}", rows(), sum(f.size for f in images))
+    return _write_url_list(f"{name}-{len(images)}", rows(), sum(f.size for f in images))
 
 
 def memory_list(small: list[CorpusFile], products: int, port: int) -> UrlList:

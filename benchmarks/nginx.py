@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,9 @@ from benchmarks.corpus import IMG_DIR, SMALL_DIR
 
 NGINX_DIR = WORK_DIR / "nginx"
 _TEMP_KINDS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+
+# (port, prefix folder, worker_processes) -> nginx.conf text; render_config is the default.
+ConfigRenderer = Callable[[int, Path, str], str]
 
 
 @dataclass(frozen=True)
@@ -107,10 +110,14 @@ http {{
 
 
 def _wait_ready(
-    proc: subprocess.Popen[bytes], port: int, error_log: Path, timeout: float = 10.0
+    proc: subprocess.Popen[bytes],
+    port: int,
+    error_log: Path,
+    timeout: float = 10.0,
+    hosts: tuple[str, ...] = HOSTS,
 ) -> None:
     deadline = time.monotonic() + timeout
-    pending = list(HOSTS)
+    pending = list(hosts)
     while pending:
         if proc.poll() is not None:
             raise RuntimeError(f"nginx exited with {proc.returncode}:\n{tail(error_log)}")
@@ -134,19 +141,27 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def serve(workers: str = "auto") -> Iterator[Server]:
-    """Start nginx on all 16 hosts; stop it on exit. Raises RuntimeError when it cannot start."""
+def serve(
+    workers: str = "auto",
+    *,
+    hosts: tuple[str, ...] = HOSTS,
+    render: ConfigRenderer = render_config,
+) -> Iterator[Server]:
+    """Start nginx on all `hosts`; stop it on exit. Raises RuntimeError when it cannot start.
+
+    `render` writes the configuration (another benchmark can serve its own, e.g. HTTPS); it
+    must listen on every one of `hosts` at the port it is given."""
     nginx = find_program("nginx")
     if nginx is None:
         raise RuntimeError("nginx not found; install it with `apt-get install nginx`")
     last_error: Exception | None = None
     for _ in range(3):
-        port = free_port()
+        port = free_port(hosts)
         prefix = NGINX_DIR / str(port)
         for kind in _TEMP_KINDS:
             (prefix / "tmp" / kind).mkdir(parents=True, exist_ok=True)
         conf, error_log = prefix / "nginx.conf", prefix / "error.log"
-        conf.write_text(render_config(port, prefix, workers))
+        conf.write_text(render(port, prefix, workers))
         argv = [nginx, "-p", f"{prefix}/", "-c", str(conf), "-e", str(error_log)]
         proc = subprocess.Popen(
             [*argv, "-g", "daemon off;"],
@@ -156,13 +171,13 @@ def serve(workers: str = "auto") -> Iterator[Server]:
             start_new_session=True,
         )
         try:
-            _wait_ready(proc, port, error_log)
+            _wait_ready(proc, port, error_log, hosts=hosts)
         except RuntimeError as exc:  # most likely the port was taken meanwhile: try another
             last_error = exc
             _stop(proc)
             shutil.rmtree(prefix, ignore_errors=True)
             continue
-        log("nginx", f"serving {IMG_DIR.parent} on {HOSTS[0]}..{HOSTS[-1]}:{port} (pid {proc.pid})")
+        log("nginx", f"serving {IMG_DIR.parent} on {hosts[0]}..{hosts[-1]}:{port} (pid {proc.pid})")
         try:
             yield Server(port, proc.pid)
         finally:

@@ -5,8 +5,10 @@ Every tool gets the same URL list, the same concurrency and a fresh output folde
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,6 +246,33 @@ class Img2DatasetRunner(Runner):
         verdict = Verdict(*count_files(dirs.files, IMAGE_SUFFIXES))
         verdict.problems = _common_problems(m, verdict, work)
         return verdict
+
+
+def sha256_sample_problems(
+    folder: Path, expected: set[str], sample: int, seed: int = 0
+) -> tuple[int, list[str]]:
+    """Hash up to `sample` image files under folder (a seeded random pick) and report each whose
+    SHA-256 is not one of `expected` (the corpus files of the list). Returns (checked, problems).
+    With the count and total bytes already checked, this catches damaged or mixed-up bodies
+    without hashing every file."""
+    files = sorted(
+        os.path.join(root, name)
+        for root, _dirs, names in os.walk(folder)
+        for name in names
+        if Path(name).suffix.lower() in IMAGE_SUFFIXES
+    )
+    picked = random.Random(seed).sample(files, min(sample, len(files)))
+    wrong = []
+    for path in picked:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        if digest.hexdigest() not in expected:
+            wrong.append(os.path.relpath(path, folder))
+    if not wrong:
+        return len(picked), []
+    return len(picked), [f"{len(wrong)}/{len(picked)} sampled files differ, e.g. {wrong[0]}"]
 
 
 def last_json_line(path: Path) -> dict[str, Any] | None:
