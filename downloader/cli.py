@@ -21,7 +21,9 @@ from downloader.cli_support import (
     CliError,
     counts_payload,
     emit,
+    header_args,
     parse_input,
+    request_headers_from,
     services_for,
     source_name,
 )
@@ -69,6 +71,7 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument("--product-column", help="column holding product numbers")
         p.add_argument("--url-column", help="column holding image URLs")
         p.add_argument("--name", default="", help="a name for the job")
+        header_args(p)
 
     p = sub.add_parser("run", help="run a job to the end in this process")
     input_args(p, optional=True)  # the internal download phase (--job) takes no input
@@ -122,10 +125,16 @@ def _build_parser() -> argparse.ArgumentParser:
 def cmd_submit(args: argparse.Namespace) -> int:
     from downloader import jobs
 
+    headers = request_headers_from(args)  # a bad header stops here, before anything is read
     services = services_for(args)
     parsed = parse_input(args, services.settings.max_rows_per_job)
     job = jobs.create_job(
-        services.db, parsed, name=args.name, source=source_name(args), created_by="cli"
+        services.db,
+        parsed,
+        name=args.name,
+        source=source_name(args),
+        created_by="cli",
+        request_headers=headers,
     )
     emit(
         {

@@ -19,6 +19,7 @@ from downloader.cli_support import (
     counts_payload,
     emit,
     parse_input,
+    request_headers_from,
     services_for,
     settings_for,
     source_name,
@@ -27,6 +28,7 @@ from downloader.processes import tune_gc_for_engine
 
 if TYPE_CHECKING:
     from downloader.engine import Engine
+    from downloader.request_headers import RequestHeaders
     from downloader.run_helpers import Helper
     from downloader.services import Services
     from downloader.settings import Settings
@@ -45,8 +47,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     so its engine never carries pandas, pyarrow or the parsed table (~150 MB at 100,000 rows).
     """
     started = args.started if args.started is not None else time.time()
-    if args.job is None and _is_small_input_file(args):
-        return _run_small_input(args, started)
+    # The job's own headers go to the engines through the database (stored on the job),
+    # never on a command line: the download phase's and the helpers' have none.
+    headers = request_headers_from(args) if args.job is None else None
+    if headers is not None and _is_small_input_file(args):
+        return _run_small_input(args, started, headers)
     from downloader import jobs
 
     services = services_for(args)
@@ -59,8 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         fingerprint = input_fingerprint(parsed)
         job_id = jobs.find_unfinished_job(services.db, fingerprint)
         if job_id:
-            _say_resuming(job_id)
-            jobs.resume_job(services.db, job_id)
+            _resume(services, job_id, headers)
         else:
             job_id = jobs.create_job(
                 services.db,
@@ -69,6 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 source=source_name(args),
                 created_by="cli",
                 fingerprint=fingerprint,
+                request_headers=headers,
             ).id
         del parsed
         if os.name == "posix":
@@ -78,7 +83,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _download_phase(args, services, job_id, started)
 
 
-def _run_small_input(args: argparse.Namespace, started: float) -> int:
+def _run_small_input(
+    args: argparse.Namespace, started: float, headers: RequestHeaders | None
+) -> int:
     from downloader.forked_parse import parse_in_child
 
     settings = settings_for(args)
@@ -93,18 +100,30 @@ def _run_small_input(args: argparse.Namespace, started: float) -> int:
     rows = parsing.rows()
     job_id = jobs.find_unfinished_job(services.db, rows.fingerprint)
     if job_id:
-        _say_resuming(job_id)
-        jobs.resume_job(services.db, job_id)
+        _resume(services, job_id, headers)
     else:
         job_id = jobs.insert_job(
-            services.db, rows, name=args.name, source=source_name(args), created_by="cli"
+            services.db,
+            rows,
+            name=args.name,
+            source=source_name(args),
+            created_by="cli",
+            request_headers=headers,
         ).id
     del rows
     return _download_phase(args, services, job_id, started, fork=True)
 
 
-def _say_resuming(job_id: str) -> None:
+def _resume(services: Services, job_id: str, headers: RequestHeaders | None) -> None:
+    """Resume the unfinished job of the same input. It keeps its request headers, unless this
+    command line gives some: then they replace the job's for the rest of it."""
+    from downloader import jobs
+
     print(f"resuming unfinished job {job_id} for the same input", file=sys.stderr)
+    if headers:
+        jobs.set_request_headers(services.db, job_id, headers)
+        print("its request headers are replaced by this command line's", file=sys.stderr)
+    jobs.resume_job(services.db, job_id)
 
 
 def _is_small_input_file(args: argparse.Namespace) -> bool:

@@ -14,6 +14,7 @@ from downloader.settings import load_settings
 
 if TYPE_CHECKING:
     from downloader.inputs import ParsedInput
+    from downloader.request_headers import RequestHeaders
     from downloader.services import Services
     from downloader.settings import Settings
 
@@ -64,6 +65,56 @@ def parse_input(args: argparse.Namespace, max_rows: int) -> ParsedInput:
     if not len(parsed.frame):
         raise CliError("no valid rows to download")
     return parsed
+
+
+def header_args(p: argparse.ArgumentParser) -> None:
+    """The job's own request headers (downloader.request_headers), on `run` and `submit`."""
+    p.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a request header for every image of the job (repeatable)",
+    )
+    p.add_argument(
+        "--header-for",
+        action="append",
+        nargs=2,
+        default=[],
+        metavar=("HOST", "'NAME: VALUE'"),
+        help="a request header for one host (HOST, HOST:PORT or *.DOMAIN; repeatable)",
+    )
+    p.add_argument(
+        "--headers-file",
+        metavar="FILE",
+        help="headers, one a line ('Name: value' or 'HOST | Name: value'): keeps cookies and "
+        "tokens off the command line, which other users of the machine can read",
+    )
+    p.add_argument(
+        "--any-format",
+        action="store_true",
+        help="accept any format the CDN prefers (WebP/AVIF); the default asks for originals",
+    )
+
+
+def request_headers_from(args: argparse.Namespace) -> RequestHeaders:
+    """The job's headers from the command line; HeaderError (exit 2) for a bad one."""
+    from downloader.request_headers import MAX_TEXT_CHARS, parse_options
+
+    text, name = "", ""
+    if args.headers_file:
+        name = f"--headers-file {Path(args.headers_file).name}"
+        try:
+            with open(args.headers_file, "rb") as handle:
+                data = handle.read(4 * MAX_TEXT_CHARS + 1)  # bounded: the parser refuses more
+            if len(data) > 4 * MAX_TEXT_CHARS:
+                raise CliError(f"{name}: longer than {MAX_TEXT_CHARS:,} characters")
+            text = data.decode("utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"{name}: cannot be read ({type(exc).__name__})") from None
+    return parse_options(
+        args.header, args.header_for, any_format=args.any_format, text=text, text_name=name
+    )
 
 
 def emit(payload: dict[str, Any]) -> None:

@@ -24,10 +24,12 @@ from sqlalchemy.exc import IntegrityError
 from downloader import queue, retention, worker_registry
 from downloader.db import Database
 from downloader.fetch import Fetcher, FetchOutcome
+from downloader.job_headers import JobHeaderCache
 from downloader.leases import LeaseBook
 from downloader.models import ImageStatus
 from downloader.queue import Claim, Result
 from downloader.redact import redact_logger
+from downloader.request_headers import headers_for_url
 from downloader.settings import Settings
 from downloader.storage import Storage, image_key
 
@@ -109,6 +111,7 @@ class Engine:
         self.stats = EngineStats()
         self._in_flight: dict[int, Claim] = {}
         self._leases = LeaseBook(settings.worker_lease_seconds)
+        self._job_headers = JobHeaderCache(db)  # each job's request headers, read once
         self._results: list[Result] = []
         self._flush_wanted = anyio.Event()
         self._stopping = False
@@ -265,7 +268,12 @@ class Engine:
 
     async def _download_one(self, fetcher: Fetcher, item: Claim) -> None:
         try:
-            outcome = await fetcher.fetch(item.url)
+            # The job's own headers for this host (downloader.request_headers), if it has any
+            headers = headers_for_url(item.url, await self._job_headers.get(item.job_id))
+            if headers:
+                outcome = await fetcher.fetch(item.url, headers=headers)
+            else:
+                outcome = await fetcher.fetch(item.url)
             result = await self._store(item, outcome)
         except Exception as exc:  # a bug must not stall the job: record it as a failure
             log.exception("unexpected error downloading image %s", item.image_id)

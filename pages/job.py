@@ -121,6 +121,25 @@ with controls:
         )
     st.page_link(common.JOBS_PAGE, label="All jobs", icon=":material/list_alt:")
 
+# The job's own request headers: names and hosts, every value masked, for its owner only.
+# viewer: the signed-in person once sign-in is wired; None sees jobs without an owner only.
+own_headers = jobs.request_headers_shown(db, job.id, viewer=None)
+if own_headers is not None:
+    header_rows, any_format = own_headers
+    with st.expander(f"Request headers ({len(header_rows)})", icon=":material/tune:"):
+        if header_rows:
+            st.dataframe(
+                pd.DataFrame(
+                    [(row.scope, row.name, row.value) for row in header_rows],
+                    columns=["Host", "Header", "Value"],
+                ),
+                hide_index=True,
+                width="stretch",
+            )
+        if any_format:
+            st.caption("Any format the CDN prefers (WebP/AVIF) is accepted.")
+        st.caption("Values are never shown; they are deleted with the job.")
+
 
 # ---------------------------------------------------------------- live progress
 

@@ -267,7 +267,42 @@ def preview(parsed: ParsedInput, row_numbers: dict[int, int] | None) -> None:
             st.dataframe(frame, hide_index=True, width="stretch")
 
 
-def queue(parsed: ParsedInput, name: str, source: str) -> None:
+HEADERS_PLACEHOLDER = (
+    "Referer: https://shop.example/\n"
+    "shop.example | Cookie: session=…\n"
+    "*.cdn.example | User-Agent: Mozilla/5.0 …"
+)
+
+
+def request_headers() -> jobs.RequestHeaders | None:
+    """The "Advanced: request headers" box; None (problems shown by line) when unusable."""
+    typed = bool(state.get("request_headers")) or bool(state.get("any_format"))
+    with st.expander("Advanced: request headers", expanded=typed, icon=":material/tune:"):
+        text = st.text_area(
+            "Request headers, one a line",
+            key="request_headers",
+            height=120,
+            placeholder=HEADERS_PLACEHOLDER,
+            help="`Name: value` for every image, `HOST | Name: value` for one host (HOST:PORT "
+            "for one port, *.DOMAIN for its subdomains). For hotlink protection (Referer), "
+            "cookies, tokens, a browser-like User-Agent. Cookie and Authorization values are "
+            "never shown again, nor written to manifests or logs; they go with the job.",
+        )
+        any_format = st.checkbox(
+            "Any format the CDN prefers (WebP/AVIF)",
+            key="any_format",
+            help="By default the downloader asks for the original JPEG/PNG; CDNs that "
+            "negotiate the format then send WebP or AVIF instead.",
+        )
+        try:
+            return jobs.parse_header_text(text, any_format=any_format)
+        except jobs.HeaderError as exc:
+            for problem in exc.problems[:20]:  # names the line and header, never a value
+                st.error(common.md_text(problem, 300), icon=":material/error:")
+            return None
+
+
+def queue(parsed: ParsedInput, name: str, source: str, headers: jobs.RequestHeaders | None) -> None:
     who = common.session_id()
     try:
         jobs.check_rate_limit(services.db, who, settings.job_rate_limit_per_minute)
@@ -275,7 +310,14 @@ def queue(parsed: ParsedInput, name: str, source: str) -> None:
         st.error(str(exc), icon=":material/hourglass_top:")
         return
     with st.spinner(f"Queueing {parsed.images:,} images…"):
-        job = jobs.create_job(services.db, parsed, name=name, source=source, created_by=who)
+        job = jobs.create_job(
+            services.db,
+            parsed,
+            name=name,
+            source=source,
+            created_by=who,
+            request_headers=headers,
+        )
     if state.get("source", GRID) == GRID:
         _clear_grid()
     common.open_job(job.id)
@@ -321,7 +363,8 @@ default_name = (
     else "pasted rows"
 )
 name = st.text_input("Job name (optional)", key="job_name", max_chars=200, placeholder=default_name)
-can_queue = parsed is not None and parsed.images > 0
+headers = request_headers()
+can_queue = parsed is not None and parsed.images > 0 and headers is not None
 if st.button(
     "Analyze & Queue Downloads",
     type="primary",
@@ -330,4 +373,4 @@ if st.button(
     key="queue",
 ):
     assert parsed is not None
-    queue(parsed, name.strip() or default_name, described)
+    queue(parsed, name.strip() or default_name, described, headers)

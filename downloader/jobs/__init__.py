@@ -8,6 +8,7 @@ only `from downloader import jobs`:
 - progress: one job, its counts and rate, the job list, live workers
 - details: inside one job: per-product progress, images, failures, rejected rows
 - control: pause, resume, cancel, retry, delete
+- headers: a job's own request headers (replace; names and hosts for the job page)
 - downloader/exports.py: ZIPs and the manifest
 """
 
@@ -42,6 +43,13 @@ from downloader.jobs.details import (
     rejected_csv,
     rejected_rows,
 )
+from downloader.jobs.headers import (
+    HeaderError,
+    RequestHeaders,
+    parse_header_text,
+    request_headers_shown,
+    set_request_headers,
+)
 from downloader.jobs.progress import (
     IMAGE_STATES,
     JobCounts,
@@ -59,12 +67,14 @@ __all__ = [
     "IMAGE_STATES",
     "INSERT_CHUNK",
     "REJECTED_COLUMNS",
+    "HeaderError",
     "ImageInfo",
     "JobCounts",
     "JobListItem",
     "JobNotFound",
     "JobSummary",
     "RateLimited",
+    "RequestHeaders",
     "cancel_job",
     "check_rate_limit",
     "create_job",
@@ -82,6 +92,7 @@ __all__ = [
     "live_workers",
     "manifest_csv",
     "manifest_rows",
+    "parse_header_text",
     "pause_job",
     "product_folders",
     "product_images",
@@ -91,7 +102,9 @@ __all__ = [
     "product_zip_bytes",
     "rejected_csv",
     "rejected_rows",
+    "request_headers_shown",
     "resume_job",
     "retry_failed",
+    "set_request_headers",
     "zip_file_name",
 ]

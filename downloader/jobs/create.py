@@ -12,6 +12,7 @@ from downloader.db import Database, placeholder
 from downloader.errors import RateLimited
 from downloader.models import JOB, PRODUCT, REJECTED_ROW, ImageStatus, Job, JobPublic, JobStatus
 from downloader.naming import unique_folder_names
+from downloader.request_headers import RequestHeaders, to_json
 
 if TYPE_CHECKING:
     from downloader.inputs import ParsedInput
@@ -48,18 +49,31 @@ def create_job(
     source: str = "",
     created_by: str = "",
     fingerprint: str | None = None,
+    request_headers: RequestHeaders | None = None,
 ) -> JobPublic:
     """Queue every valid row of `parsed` as one job, in bulk inserts (`fingerprint`: its
-    input_fingerprint, when the caller has it already)."""
+    input_fingerprint, when the caller has it already; `request_headers`: the job's own,
+    stored on the job for the engines, downloader.request_headers)."""
     from downloader.inputs.to_rows import job_rows
 
     return insert_job(
-        db, job_rows(parsed, fingerprint), name=name, source=source, created_by=created_by
+        db,
+        job_rows(parsed, fingerprint),
+        name=name,
+        source=source,
+        created_by=created_by,
+        request_headers=request_headers,
     )
 
 
 def insert_job(
-    db: Database, rows: JobRows, *, name: str = "", source: str = "", created_by: str = ""
+    db: Database,
+    rows: JobRows,
+    *,
+    name: str = "",
+    source: str = "",
+    created_by: str = "",
+    request_headers: RequestHeaders | None = None,
 ) -> JobPublic:
     """Queue `rows` as one job, in bulk inserts. Consumes `rows`: its image chunks are read
     once, and its product list is emptied once written (peak memory at a million rows)."""
@@ -72,6 +86,7 @@ def insert_job(
         rejected_rows=len(rows.rejected),
         duplicates_removed=len(rows.duplicates),
         input_sha256=rows.fingerprint,
+        request_headers=to_json(request_headers) if request_headers else None,
     )
     if not rows.images:
         job.status = JobStatus.COMPLETED
