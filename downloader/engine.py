@@ -8,15 +8,12 @@ loop keeps streaming bytes while SQLite or PostgreSQL commits a batch.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
-from collections.abc import Coroutine
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import anyio
 from sqlalchemy.exc import IntegrityError
@@ -24,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from downloader import queue, retention, worker_registry
 from downloader.db import Database
 from downloader.fetch import Fetcher, FetchOutcome
+from downloader.fetch.limits import scaled
 from downloader.job_headers import JobHeaderCache
 from downloader.leases import LeaseBook
 from downloader.models import ImageStatus
@@ -32,6 +30,7 @@ from downloader.redact import redact_logger
 from downloader.request_headers import headers_for_url
 from downloader.settings import Settings
 from downloader.storage import Storage, image_key
+from downloader.turns import DownloadTasks, LocalTurns, host_of
 
 log = redact_logger(logging.getLogger(__name__))  # its lines can name URLs
 
@@ -47,36 +46,15 @@ CONTENT_TYPES = {
 }
 SHARE_REFRESH = 1.0  # seconds between re-reads of the live engine list (politeness shares)
 JOIN_WAIT = 2 * SHARE_REFRESH + 0.5  # a joining engine waits for the others to shrink first
-BACKLOG_SLOTS = 6  # claimed images waiting for a slot, in slot-fulls (see _compute_capacity)
-CLAIM_SLOTS = 2  # the smallest claim, in slot-fulls
-
-
-class DownloadTasks:
-    """The engine's downloads as plain asyncio tasks. An anyio task group spawned each one
-    with a task handle and a cancel scope: ~4% of an engine's CPU in a cProfile of a 10,000-
-    image run. A download never raises (failures are recorded as results), so a group's
-    error propagation buys nothing here; `cancel_all` ends what is left."""
-
-    def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def start(self, download: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(download)
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("a download task failed", exc_info=task.exception())
-
-    async def cancel_all(self) -> None:
-        """Cancel the downloads still running and wait until they have ended."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+# Claimed images beyond the download slots (the prefetch, see _compute_capacity): what the
+# engine starts within CLAIM_LOOKAHEAD at its recent pace, between PREFETCH_MIN and
+# BACKLOG_SLOTS slot-fulls. A slow host gets a small prefetch, so the engine does not hoard
+# work another engine or another job could start (fair share).
+BACKLOG_SLOTS = 6
+PREFETCH_MIN = 8
+CLAIM_LOOKAHEAD = 0.5  # seconds
+RATE_WINDOW = 1.0  # seconds over which the pace is measured
+CLAIM_EVERY = 0.5  # seconds: with any room, claim at least this often (a new job's turn)
 
 
 @dataclass
@@ -122,19 +100,31 @@ class Engine:
         self._downloading = 0
         self.drain_seconds = 10.0
         self._standby = False  # beyond the politeness cap: heartbeat and reap, claim nothing
+        # claimed images wait for their host's slots here and start fairly (downloader.turns)
+        self._turns = LocalTurns(scaled(settings.max_per_host_concurrency, self.share))
+        self._prefetch = PREFETCH_MIN
+        self._ended = 0  # downloads ended (the pace for the prefetch)
+        self._fetcher: Fetcher | None = None
+        self._tasks: DownloadTasks | None = None
         self.retention_delay = 60.0  # first retention pass after start, then every interval
         self.retention_interval = 3600.0
         self._capacity = self._compute_capacity(self.share)
 
     def _compute_capacity(self, share: float) -> int:
-        # Every download slot busy plus a backlog of BACKLOG_SLOTS slot-fulls, enough for a
-        # claim of CLAIM_SLOTS slot-fulls to arrive before the slots run dry. A claim's round
-        # trip through the database thread took 40-120 ms on a busy two-core machine (6-9 ms
-        # of it the query itself; the rest waiting for the loop and the GIL), i.e. 40-130
-        # images at full speed: with a backlog of two slot-fulls the slots ran dry between
-        # claims (README.md, Performance). Leases held in the backlog are renewed by the
-        # heartbeat, so a deep backlog never expires.
-        return (1 + BACKLOG_SLOTS) * self._slots(share) + 8
+        # Every download slot busy plus a prefetch: what the engine starts before the next
+        # claim arrives. On fast hosts a claim's round trip through the database thread is
+        # worth many downloads (README.md, Performance), so the prefetch follows the pace
+        # (_adapt_prefetch); on a slow host it stays small, the engine holds little that
+        # others could start, and a new job's images are claimed at the next claim.
+        # Leases held in the prefetch are renewed by the heartbeat, so it never expires.
+        return self._slots(share) + self._prefetch
+
+    def _adapt_prefetch(self, per_second: float) -> None:
+        most = BACKLOG_SLOTS * self._slots(self.share)
+        prefetch = min(max(PREFETCH_MIN, math.ceil(per_second * CLAIM_LOOKAHEAD)), most)
+        if prefetch != self._prefetch:
+            self._prefetch = prefetch
+            self._capacity = self._compute_capacity(self.share)
 
     def _slots(self, share: float) -> int:
         return max(1, math.floor(self.settings.max_global_concurrency * share))
@@ -180,8 +170,8 @@ class Engine:
                                 await anyio.sleep(0.05)
                     finally:
                         with anyio.CancelScope(shield=True):
+                            self._stopping = True  # no waiting image starts from here on
                             await downloads.cancel_all()
-                            self._stopping = True
                             await self._flush()
                         housekeeping.cancel_scope.cancel()
         finally:
@@ -206,22 +196,32 @@ class Engine:
     ) -> None:
         lease = self.settings.worker_lease_seconds
         idle_sleep = 0.05
-        last_reap = time.monotonic()
+        last_reap = last_claim = pace_from = time.monotonic()
+        ended_before = self._ended
+        self._fetcher, self._tasks = fetcher, downloads
         while not self._stopping:
+            now = time.monotonic()
+            if now - pace_from >= RATE_WINDOW:
+                self._adapt_prefetch((self._ended - ended_before) / (now - pace_from))
+                pace_from, ended_before = now, self._ended
             room = self._capacity - self._downloading
-            # Claim CLAIM_SLOTS slot-fulls or more at a time: a claim's transaction costs ~1 ms
-            # of CPU whatever its size (benchmarks/bench_queue.py: claims of 32 cost 1.5x the
-            # CPU of claims of 128), and two processes sharing SQLite queue less often for its
-            # lock.
-            wanted = min(self.settings.claim_batch_size, CLAIM_SLOTS * self._slots(self.share))
-            if not self._standby and room >= wanted:
+            # Claim a quarter of the capacity or more at a time: a claim's transaction costs
+            # ~1 ms of CPU whatever its size (benchmarks/bench_queue.py: claims of 32 cost 1.5x
+            # the CPU of claims of 128), and two processes sharing SQLite queue less often for
+            # its lock. With any room, claim at least every CLAIM_EVERY: a job queued since
+            # gets its turn then (fair share), even while slow downloads free little room.
+            wanted = min(self.settings.claim_batch_size, max(1, self._capacity // 4))
+            due = room >= wanted or (room > 0 and now - last_claim >= CLAIM_EVERY)
+            if not self._standby and due:
+                last_claim = now
                 claims = await anyio.to_thread.run_sync(
                     self._claim, min(room, self.settings.claim_batch_size)
                 )
                 self._downloading += len(claims)
                 for item in claims:
                     self._in_flight[item.image_id] = item
-                    downloads.start(self._download(fetcher, item))
+                    self._turns.add(item)
+                self._start_ready({host_of(item) for item in claims})
                 self.stats.claimed += len(claims)
                 if claims:
                     idle_sleep = 0.05
@@ -245,6 +245,13 @@ class Engine:
                     await anyio.to_thread.run_sync(self.storage.clean_temp)
             await anyio.sleep(idle_sleep if not self._in_flight else 0.02)
 
+    def _start_ready(self, hosts: set[str] | None) -> None:
+        """Start the claimed images whose turn it is at a free slot of their host."""
+        if self._stopping or self._tasks is None or self._fetcher is None:
+            return  # stopping: images not started are given back at the end
+        for item in self._turns.ready(hosts):
+            self._tasks.start(self._download(self._fetcher, item))
+
     def _claim(self, limit: int) -> list[Claim]:
         lease = self.settings.worker_lease_seconds
         return queue.claim(self.db, self.worker_id, limit, lease, job_id=self.job_id)
@@ -265,6 +272,8 @@ class Engine:
         finally:
             self._active -= 1
             self._downloading -= 1
+            self._ended += 1
+            self._start_ready({self._turns.finished(item)})  # the host's next turn
 
     async def _download_one(self, fetcher: Fetcher, item: Claim) -> None:
         try:
@@ -422,6 +431,8 @@ class Engine:
             self.share = share
             fetcher.set_share(share)
             self._capacity = self._compute_capacity(share)
+            self._turns.per_host = scaled(self.settings.max_per_host_concurrency, share)
+            self._start_ready(None)
         return len(live)
 
     async def _retention_loop(self) -> None:

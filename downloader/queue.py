@@ -1,4 +1,5 @@
-"""The durable work queue: claiming images under leases and recording results in batches.
+"""The durable work queue: claiming images under leases (`downloader.claims`, re-exported
+here) and recording results in batches.
 
 Every function takes the Database explicitly and runs one short write transaction. On
 SQLite those transactions are serialised by BEGIN IMMEDIATE; on PostgreSQL claims use
@@ -19,8 +20,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlmodel import Session
 
+from downloader.claims import Claim as Claim  # re-exported: claiming lives there
+from downloader.claims import claim as claim
 from downloader.db import Database, placeholder, rowcount
 from downloader.errors import excerpt
 from downloader.models import (
@@ -33,23 +35,6 @@ from downloader.models import (
 from downloader.settling import lock_jobs_for_settling, marks, settle_jobs, settle_products
 
 log = logging.getLogger(__name__)
-
-# Plain strings for the driver-level statements, which bypass SQLAlchemy's type handling.
-_QUEUED = ImageStatus.QUEUED.value
-_DOWNLOADING = ImageStatus.DOWNLOADING.value
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """One image handed to a worker under its lease."""
-
-    image_id: int
-    job_id: str
-    product_id: int
-    position: int
-    url: str
-    attempts: int
-    leased_until: float = 0.0  # the lease's end as the claim wrote it (leases.LeaseBook)
 
 
 @dataclass(slots=True)
@@ -79,72 +64,6 @@ class FlushReport:
     # storage keys of files no image row refers to any more, for the caller to delete: the
     # files of duplicates, and of results the database refused (recorded as internal_error)
     duplicate_keys: list[str]
-
-
-# ---------------------------------------------------------------- claiming
-
-
-def claim(
-    db: Database,
-    worker_id: str,
-    limit: int,
-    lease_seconds: float,
-    *,
-    job_id: str | None = None,
-) -> list[Claim]:
-    """Lease up to `limit` queued images of active jobs, first queued first."""
-    if limit <= 0:
-        return []
-    now = time.time()
-    claims: list[Claim] = []
-    with db.write() as session:
-        job_query = select(JOB.c.id, JOB.c.status).where(
-            JOB.c.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])
-        )
-        if job_id is not None:
-            job_query = job_query.where(JOB.c.id == job_id)
-        # queued_at: creation, or the last "retry failed" (then the job waits its turn again)
-        queued = func.coalesce(JOB.c.queued_at, JOB.c.created_at)
-        jobs = session.execute(job_query.order_by(queued, JOB.c.created_at)).all()
-        for active_job_id, status in jobs:
-            wanted = limit - len(claims)
-            if wanted <= 0:
-                break
-            rows = _claim_from_job(
-                db, session, active_job_id, worker_id, wanted, now + lease_seconds
-            )
-            if rows and status == JobStatus.QUEUED:
-                session.execute(
-                    update(JOB)
-                    .where(JOB.c.id == active_job_id, JOB.c.status == JobStatus.QUEUED)
-                    .values(status=JobStatus.RUNNING, started_at=now)
-                )
-            claims.extend(rows)
-    claims.sort(key=lambda c: c.image_id)
-    return claims
-
-
-def _claim_from_job(
-    db: Database, session: Session, job_id: str, worker_id: str, limit: int, expires: float
-) -> list[Claim]:
-    """Lease the job's first `limit` queued images and read them back, in one statement.
-
-    Driver-level SQL (as every per-batch statement here): built by SQLAlchemy, the three
-    statements this replaced cost more CPU than SQLite took to run them (bench_queue.py)."""
-    conn = session.connection()
-    m = placeholder(conn)
-    lock = " FOR UPDATE SKIP LOCKED" if db.is_postgres else ""
-    rows = conn.exec_driver_sql(
-        f"UPDATE image SET status = {m}, lease_owner = {m}, lease_expires = {m}"
-        f" WHERE id IN (SELECT id FROM image WHERE job_id = {m} AND status = {m}"
-        f" ORDER BY id LIMIT {m}{lock})"
-        " RETURNING id, job_id, product_id, position, url, attempts",
-        (_DOWNLOADING, worker_id, expires, job_id, _QUEUED, limit),
-    )
-    return [
-        Claim(image_id, job, product_id, position, url, attempts, leased_until=expires)
-        for image_id, job, product_id, position, url, attempts in rows
-    ]
 
 
 def renew_lease(db: Database, worker_id: str, image_id: int, lease_seconds: float) -> bool:

@@ -151,6 +151,8 @@ def _progress(current: jobs.JobSummary) -> None:
         min(max(current.progress, 0.0), 1.0),
         text=f"{counts.finished:,} of {total:,} images finished ({current.progress:.0%})",
     )
+    if place := jobs.job_place(db, current.job.id):  # fair share: waiting or downloading
+        st.caption(jobs.PLACE_LABELS[place])
     cells = st.columns(8)
     cells[0].metric("Done", f"{counts.done:,}")
     cells[1].metric("Duplicate", f"{counts.duplicate:,}")

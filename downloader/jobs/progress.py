@@ -9,8 +9,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Exists, exists, func, or_, select
 
+from downloader.claims import use_job_status_index
 from downloader.db import Database
 from downloader.errors import JobNotFound
 from downloader.models import IMAGE, JOB, WORKER, ImageStatus, Job, JobPublic, JobStatus, Worker
@@ -100,6 +101,38 @@ def job_summary(db: Database, job_id: str) -> JobSummary:
         if summary.is_active and rate > 0:
             summary.eta_seconds = counts.pending / rate
     return summary
+
+
+WAITING = "waiting"
+DOWNLOADING = "downloading"
+PLACE_LABELS = {
+    WAITING: "Waiting for a free slot: other jobs are using the download slots.",
+    DOWNLOADING: "Downloading.",
+}
+
+
+def job_place(db: Database, job_id: str) -> str | None:
+    """An active job's place (fair share): `DOWNLOADING` when an engine holds some of its
+    images, `WAITING` when images are queued and none is held; None for a job that is not
+    queued or running, or has nothing pending.
+
+    Two EXISTS probes on the (job_id, status) index: as cheap for a million images as for ten.
+    """
+
+    def having(status: ImageStatus) -> Exists:
+        return exists().where(IMAGE.c.job_id == job_id, IMAGE.c.status == status)
+
+    leased, queued = having(ImageStatus.DOWNLOADING), having(ImageStatus.QUEUED)
+    with db.read() as session:
+        use_job_status_index(db, session)
+        row = session.execute(
+            select(JOB.c.status, leased, queued).where(JOB.c.id == job_id)
+        ).first()
+    if row is None or row[0] not in (JobStatus.QUEUED, JobStatus.RUNNING):
+        return None
+    if row[1]:
+        return DOWNLOADING
+    return WAITING if row[2] else None
 
 
 def list_jobs(
