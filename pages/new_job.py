@@ -177,7 +177,11 @@ def file_source() -> tuple[ParsedInput | None, str, None]:
     if upload is None:
         return None, "", None
     data = upload.getvalue()
-    sheets = sheet_names(data) if upload.name.lower().endswith(".xlsx") else []
+    try:
+        sheets = sheet_names(data, upload.name) if upload.name.lower().endswith(".xlsx") else []
+    except InputError as exc:  # a damaged workbook, a zip bomb: its reason, not a traceback
+        st.error(common.md_text(str(exc), 1000), icon=":material/error:")
+        return None, "", None
     sheet = (
         st.selectbox("Sheet", sheets, key=f"sheet-{upload.file_id}") if len(sheets) > 1 else None
     )

@@ -2,7 +2,9 @@
 
 Values are the cells' cached values (a formula reads as what Excel last computed), numbers
 are written the way a person typed them (12345, not 12345.0). python-calamine reads the
-workbook when it is installed (about ten times faster); openpyxl otherwise.
+workbook when it is installed (about ten times faster); openpyxl otherwise. Neither reader
+sees a workbook before `workbook_guard` has bounded what reading it costs (zip bombs, sparse
+sheets whose dense range would not fit in memory).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pandas as pd
 from .decoding import display_name
 from .model import InputError
 from .tabular import STR_DTYPE
+from .workbook_guard import check_package, check_workbook
 
 try:  # optional: a Rust reader, much faster than openpyxl on big sheets
     python_calamine: Any = importlib.import_module("python_calamine")
@@ -52,6 +55,7 @@ def cell_text(value: object) -> str:
 
 def sheet_names(data: bytes, filename: str = "workbook.xlsx") -> list[str]:
     """Names of the workbook's worksheets, in workbook order."""
+    check_package(data, filename)  # the readers parse every part but the sheets on opening
     if USE_CALAMINE:
         workbook = _calamine_open(data, filename)
         try:
@@ -77,6 +81,7 @@ def read_workbook_table(
     ``row_cap`` bounds how many rows are read; ``row_cap + 1`` rows coming back means more.
     """
     nrows = None if row_cap is None else row_cap + 1
+    check_workbook(data, filename)  # before a reader builds a sheet's whole range
     rows = (
         _calamine_rows(data, filename, sheet, nrows)
         if USE_CALAMINE
