@@ -38,8 +38,11 @@ from downloader.request_headers import (
 )
 from downloader.retention import cleanup
 from downloader.storage import LocalStorage
+from tests.support.pg import pg_db
 
 SECRET = "sessionid=S3CR3T-c00kie-value"
+
+__all__ = ["pg_db"]  # fixture used below
 
 
 # ---------------------------------------------------------------- parsing
@@ -497,3 +500,16 @@ def test_a_deleted_jobs_cookie_leaves_the_sqlite_file(tmp_path: Path) -> None:
     jobs.delete_job(db, LocalStorage(str(tmp_path / "media")), job.id)
     db.dispose()
     assert not any(SECRET.encode() in path.read_bytes() for path in tmp_path.glob("app.db*"))
+
+
+@pytest.mark.postgres
+def test_on_postgresql_they_are_stored_read_and_deleted_with_the_job(
+    pg_db: Database, tmp_path: Path
+) -> None:
+    headers = parse_header_text(f"Referer: r\nshop.example:8443 | Cookie: {SECRET}")
+    job = jobs.create_job(
+        pg_db, parsed_input([("P1", "https://shop.example:8443/a.jpg")]), request_headers=headers
+    )
+    assert load_job_headers(pg_db, job.id) == headers
+    jobs.delete_job(pg_db, LocalStorage(tmp_path / "media"), job.id)
+    assert _stored(pg_db, job.id) is None
