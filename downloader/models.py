@@ -71,6 +71,8 @@ class Job(JobBase, table=True):
     owner: str | None = Field(default=None, max_length=320, index=True)
     # The job's extra request headers as JSON (jobs.request_headers); shown to the owner only.
     request_headers: str | None = Field(default=None, sa_type=Text)
+    # Output options as JSON (naming template, layout, conversion, marketplace checks).
+    options: str | None = Field(default=None, sa_type=Text)
     input_sha256: str = Field(
         default="", max_length=64, index=True, description="fingerprint of the queued rows"
     )
@@ -135,6 +137,20 @@ class Image(SQLModel, table=True):
     width: int | None = None
     height: int | None = None
     storage_key: str | None = Field(default=None, max_length=300)
+    # What the whole-file check read: RGB, CMYK, L, P…; alpha; frames or pages; the embedded
+    # ICC profile's description; the EXIF orientation (1-8; width/height stay as stored).
+    color_mode: str | None = Field(default=None, max_length=16)
+    has_alpha: bool | None = None
+    frames: int | None = None
+    icc_profile: str | None = Field(default=None, max_length=100)
+    orientation: int | None = None
+    # The converted output the ZIPs hold when the job converts (None: the original is kept).
+    output_format: str | None = Field(default=None, max_length=8)
+    output_bytes: int | None = Field(default=None, sa_type=BigInteger)
+    output_width: int | None = None
+    output_height: int | None = None
+    warnings: str | None = Field(default=None, sa_type=Text)  # JSON list of check warnings
+    extra: str | None = Field(default=None, sa_type=Text)  # JSON: the input's other columns
     duplicate_of_id: int | None = None
     lease_owner: str | None = Field(default=None, max_length=120)
     lease_expires: float | None = None
