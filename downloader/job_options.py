@@ -23,6 +23,9 @@ class JobOptions:
     naming: str = DEFAULT_NAMING
     # "per-product": {folder}/{name}; "flat": every file at the ZIP root.
     layout: str = "per-product"
+    # The input's other columns (original header text, in input order): each image keeps its
+    # row's values in image.extra; the manifest and the report add them as columns.
+    extra_columns: list[str] = field(default_factory=list)
     # Output profile: "original" keeps the bytes as downloaded; else jpeg|png|webp.
     convert: str = "original"
     max_side: int | None = None
