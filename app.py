@@ -110,7 +110,7 @@ def _export_endpoint(kind: str) -> Any:
     'rejected'."""
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
-    from starlette.responses import PlainTextResponse, Response, StreamingResponse
+    from starlette.responses import PlainTextResponse, Response
 
     from downloader import exports, jobs
     from downloader.models import JobStatus
@@ -149,11 +149,78 @@ def _export_endpoint(kind: str) -> Any:
         else:
             body = jobs.rejected_csv(services.db, job.id)
             name, media = f"job-{job.id}-rejected.csv", "text/csv; charset=utf-8"
-        return StreamingResponse(
-            read_ahead(body), media_type=media, headers=_attachment(name) | headers
+        return _stall_guarded_response()(
+            read_ahead(body),
+            media_type=media,
+            headers=_attachment(name) | headers,
+            stall_timeout=services.settings.download_stall_timeout,
         )
 
     return endpoint
+
+
+SEND_PIECE_BYTES = 512 * 1024  # the most one send hands over (see _stall_guarded_response)
+
+
+@lru_cache(maxsize=1)
+def _stall_guarded_response() -> Any:
+    """The response class of the downloads: a StreamingResponse that cuts off a client that
+    stops reading.
+
+    Under uvicorn (Streamlit's server) a send waits until the client has taken enough of what
+    was sent before; a client that connects and never reads makes it wait forever, holding
+    the stream (its read-ahead buffers and thread) all that time. Here each send gets
+    `stall_timeout` seconds, and pieces are at most SEND_PIECE_BYTES, so a client counts as
+    stalled when it takes less than that in `stall_timeout` seconds. A stalled stream is
+    closed (its files and threads released) and the response ends unfinished: uvicorn then
+    closes the connection, and the client sees a truncated download, never a complete-looking
+    one.
+    """
+    import logging
+
+    import anyio
+    from starlette.responses import StreamingResponse
+    from starlette.types import Message, Send
+
+    log = logging.getLogger("app.downloads")
+
+    class StallGuardedResponse(StreamingResponse):
+        def __init__(self, *args: Any, stall_timeout: float, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.stall_timeout = stall_timeout
+
+        async def stream_response(self, send: Send) -> None:
+            async def send_in_time(message: Message) -> bool:
+                with anyio.move_on_after(self.stall_timeout):
+                    await send(message)
+                    return True
+                log.warning(
+                    "A download client read nothing for %s s; its connection is closed.",
+                    self.stall_timeout,
+                )
+                return False
+
+            body = self.body_iterator
+            try:
+                start = {"type": "http.response.start", "status": self.status_code}
+                if not await send_in_time(start | {"headers": self.raw_headers}):
+                    return
+                async for chunk in body:
+                    view = memoryview(
+                        chunk.encode(self.charset) if isinstance(chunk, str) else chunk
+                    )
+                    for at in range(0, len(view), SEND_PIECE_BYTES):
+                        piece = view[at : at + SEND_PIECE_BYTES]
+                        message = {"type": "http.response.body", "body": piece, "more_body": True}
+                        if not await send_in_time(message):
+                            return
+                await send_in_time({"type": "http.response.body", "body": b"", "more_body": False})
+            finally:
+                close = getattr(body, "aclose", None)
+                if close is not None:
+                    await close()  # stops the read-ahead thread, closes files and reads
+
+    return StallGuardedResponse
 
 
 def routes(prefix: str = "") -> list[Any]:

@@ -15,6 +15,7 @@ from downloader.db import Database
 from downloader.manifest import ManifestRow, image_file_name, manifest_csv_chunks
 from downloader.models import IMAGE, PRODUCT, ImageStatus, JobPublic
 from downloader.naming import folder_name
+from downloader.row_chunks import image_rows_in_order
 from downloader.storage import Storage
 
 
@@ -46,57 +47,54 @@ def manifest_rows(
         )
         .join(PRODUCT, PRODUCT.c.id == IMAGE.c.product_id)
         .outerjoin(original, original.c.id == IMAGE.c.duplicate_of_id)
-        .where(IMAGE.c.job_id == job_id)
-        .order_by(PRODUCT.c.position, IMAGE.c.position)
+        # by product (not image.job_id): each chunk then walks the (job_id, position) index of
+        # products and each product's images in the (product_id, position) index, in order
+        .where(PRODUCT.c.job_id == job_id)
     )
     if product is not None:
         query = query.where(PRODUCT.c.number == product)
-    with db.read() as session:
-        result = session.execute(query.execution_options(yield_per=2000))
-        for (
-            number,
-            folder,
-            pos,
-            url,
-            status,
-            sha,
-            size,
-            fmt,
-            w,
-            h,
-            http,
-            attempts,
-            err,
-            code,
-            key,
-            crc,
-            dup_pos,
-            dup_fmt,
-        ) in result:
-            folder = folder or folder_name(number)  # None: a product stored without one
-            yield ManifestRow(
-                product=number,
-                position=pos,
-                source_url=url,
-                status=status,
-                file=image_file_name(folder, pos, fmt)
-                if status == ImageStatus.DONE and fmt
-                else None,
-                sha256=sha,
-                bytes=size,
-                format=fmt,
-                width=w,
-                height=h,
-                http_status=http,
-                attempts=attempts,
-                error=f"{err} ({code})" if err and code else err,
-                duplicate_of=image_file_name(folder, dup_pos, dup_fmt)
-                if dup_pos and dup_fmt
-                else None,
-                key=key if status == ImageStatus.DONE else None,
-                crc32=crc,
-                folder=folder,
-            )
+    # Chunk by chunk, each in its own short read: a stream whose client stalls holds no
+    # database connection (see downloader.row_chunks).
+    for (
+        number,
+        folder,
+        pos,
+        url,
+        status,
+        sha,
+        size,
+        fmt,
+        w,
+        h,
+        http,
+        attempts,
+        err,
+        code,
+        key,
+        crc,
+        dup_pos,
+        dup_fmt,
+    ) in image_rows_in_order(db, query):
+        folder = folder or folder_name(number)  # None: a product stored without one
+        yield ManifestRow(
+            product=number,
+            position=pos,
+            source_url=url,
+            status=status,
+            file=image_file_name(folder, pos, fmt) if status == ImageStatus.DONE and fmt else None,
+            sha256=sha,
+            bytes=size,
+            format=fmt,
+            width=w,
+            height=h,
+            http_status=http,
+            attempts=attempts,
+            error=f"{err} ({code})" if err and code else err,
+            duplicate_of=image_file_name(folder, dup_pos, dup_fmt) if dup_pos and dup_fmt else None,
+            key=key if status == ImageStatus.DONE else None,
+            crc32=crc,
+            folder=folder,
+        )
 
 
 def product_zip(db: Database, storage: Storage, job_id: str, product: str) -> Iterator[ZipChunk]:

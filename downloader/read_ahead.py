@@ -77,10 +77,13 @@ async def read_ahead(
 
     builder = threading.Thread(target=build, name="read-ahead", daemon=True)
     builder.start()
+    # Its own limiter: waits for the builder never take the tokens of the default one, which
+    # every other request's thread work needs (fifty streams at once must not starve them).
+    limiter = anyio.CapacityLimiter(1)
     try:
         while True:
             # not cancellable while waiting: the builder always hands something over soon
-            item = await anyio.to_thread.run_sync(ready.get)
+            item = await anyio.to_thread.run_sync(ready.get, limiter=limiter)
             if isinstance(item, _Finished):
                 if item.error is not None:
                     raise item.error

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     max_rows_per_job: int = Field(1_000_000, ge=1)
     max_upload_mb: int = Field(200, ge=1)
     job_rate_limit_per_minute: int = Field(10, ge=0, description="jobs per session; 0 = unlimited")
+    download_stall_timeout: float = Field(
+        60, gt=0, description="seconds a download client may stop reading before it is cut off"
+    )
 
     # Workers
     job_retention_days: int = Field(30, ge=0, description="0 = keep forever")

@@ -12,6 +12,7 @@ from downloader.db import Database
 from downloader.manifest import csv_rows_chunks, image_file_name
 from downloader.models import IMAGE, PENDING_IMAGE_STATUSES, PRODUCT, REJECTED_ROW, ImageStatus
 from downloader.naming import folder_name
+from downloader.row_chunks import image_rows_in_order, rows_in_key_order
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 FAILED_COLUMNS = ["product", "position", "url", "error_code", "error", "http_status", "attempts"]
 REJECTED_COLUMNS = ["row", "kind", "reason", "product", "url"]
-STREAM_BATCH = 2000  # rows fetched at a time by the CSV exports
+STREAM_BATCH = 2000  # rows per short read of the CSV exports (downloader.row_chunks)
 
 
 def product_progress(
@@ -117,12 +118,21 @@ def failed_images(
 def failed_csv(db: Database, job_id: str) -> Iterator[bytes]:
     """Every failed image as CSV chunks, streamed from the database (ZIPs and the manifest
     live in downloader/exports.py)."""
-    return csv_rows_chunks(FAILED_COLUMNS, _stream_rows(db, _failed_query(job_id)))
+    # chunk by chunk in short reads: a stalled client holds no connection
+    query = _failed_query(job_id, by_product=True).order_by(None)
+    return csv_rows_chunks(FAILED_COLUMNS, image_rows_in_order(db, query, chunk=STREAM_BATCH))
 
 
 def _failed_query(
-    job_id: str, *, error_code: str | None = None, text: str | None = None
+    job_id: str,
+    *,
+    error_code: str | None = None,
+    text: str | None = None,
+    by_product: bool = False,
 ) -> Select[Any]:
+    """`by_product`: find the failures through the job's products, in order (the chunked
+    CSV), rather than through image.job_id, which has every chunk sort all the failures."""
+    job = PRODUCT.c.job_id == job_id if by_product else IMAGE.c.job_id == job_id
     query = (
         select(
             PRODUCT.c.number.label("product"),
@@ -134,7 +144,7 @@ def _failed_query(
             IMAGE.c.attempts,
         )
         .join(PRODUCT, PRODUCT.c.id == IMAGE.c.product_id)
-        .where(IMAGE.c.job_id == job_id, IMAGE.c.status == ImageStatus.FAILED)
+        .where(job, IMAGE.c.status == ImageStatus.FAILED)
         .order_by(PRODUCT.c.position, IMAGE.c.position)
     )
     if error_code:
@@ -156,13 +166,6 @@ def _frame(db: Database, query: Select[Any], limit: int | None, columns: list[st
     return pd.DataFrame(rows, columns=columns)
 
 
-def _stream_rows(db: Database, query: Select[Any]) -> Iterator[tuple[Any, ...]]:
-    """The rows of `query` a batch at a time: a job may have a million of them."""
-    with db.read() as session:
-        for row in session.execute(query.execution_options(yield_per=STREAM_BATCH)):
-            yield tuple(row)
-
-
 def rejected_rows(db: Database, job_id: str, *, limit: int | None = 1000) -> pd.DataFrame:
     """The input rows left out of the job (kind 'rejected' or 'duplicate'), in input order."""
     return _frame(db, _rejected_query(job_id), limit, REJECTED_COLUMNS)
@@ -171,7 +174,12 @@ def rejected_rows(db: Database, job_id: str, *, limit: int | None = 1000) -> pd.
 def rejected_csv(db: Database, job_id: str) -> Iterator[bytes]:
     """Every rejected and duplicate input row as CSV chunks, streamed from the database, each
     cell Excel-safe: these cells are the user's raw input, the likeliest place for a formula."""
-    return csv_rows_chunks(REJECTED_COLUMNS, _stream_rows(db, _rejected_query(job_id)))
+    # Larger reads here: with no (job_id, row) index each read sorts the job's rejected rows.
+    query = _rejected_query(job_id).order_by(None)
+    rows = rows_in_key_order(
+        db, query, REJECTED_ROW.c.row, REJECTED_ROW.c.id, chunk=STREAM_BATCH * 5
+    )
+    return csv_rows_chunks(REJECTED_COLUMNS, rows)
 
 
 def _rejected_query(job_id: str) -> Select[Any]:
