@@ -6,8 +6,9 @@
 nginx (Debian's /usr/sbin/nginx, one worker) serves 256 distinct ~200 KB JPEGs on
 127.0.0.2-5 (four "hosts"). Each mode runs in a fresh subprocess under uvloop (except where
 noted) with `--concurrency` tasks pulling from one queue of `--images` URLs spread over the
-four hosts. Transport modes read the body and hash it with SHA-256 (`transport` is ours, sent
-to directly as the fetcher does; `guarded` is ours under httpx.AsyncClient); the `fetcher` mode
+four hosts. Transport modes read the body and hash it with SHA-256 (`transport` is ours, aiohttp
+under the guard, sent to directly as the fetcher does; `guarded` is ours under
+httpx.AsyncClient); the `fetcher` mode
 is the real thing (guard, limits, SHA-256, CRC-32, sniff + dimensions; bodies up to 256 KiB
 stay in memory). Prints images/second.
 
@@ -246,7 +247,7 @@ async def mode_fetcher(items: list[str], concurrency: int) -> float:
 async def mode_transport(items: list[str], concurrency: int) -> float:
     import httpx
 
-    from downloader.fetch.client import build_transport
+    from downloader.fetch.client import body_chunks, build_transport, default_headers
     from downloader.guard import Guard
     from downloader.settings import load_settings
 
@@ -254,9 +255,15 @@ async def mode_transport(items: list[str], concurrency: int) -> float:
         allowed_private_networks=["127.0.0.0/8"], max_global_concurrency=concurrency
     )
     transport = build_transport(settings, Guard(settings))
+    headers = default_headers(settings)
 
     async def get(url: str) -> None:
-        await _hash_body(await transport.handle_async_request(httpx.Request("GET", url)))
+        response = await transport.send(httpx.URL(url), headers)
+        digest = hashlib.sha256()
+        async for chunk in body_chunks(response):
+            digest.update(chunk)
+        transport.release(response, complete=response.content.at_eof())
+        assert response.status == 200
 
     try:
         return await run_pool(get, items, concurrency)

@@ -43,6 +43,19 @@ class Settings(BaseSettings):
         10, ge=1, description="consecutive connection failures before a host is paused"
     )
     circuit_breaker_cooldown: float = Field(30, ge=0)
+    accept_any_format: bool = Field(
+        False, description="advertise AVIF/WebP in Accept (CDNs may then convert the original)"
+    )
+
+    # Company networks (docs/network.md): the usual variables, upper- or lower-case
+    http_proxy: str | None = None
+    https_proxy: str | None = None
+    no_proxy: str | None = None
+    ssl_cert_file: str | None = Field(None, description="extra CA certificates (PEM file)")
+    ssl_cert_dir: str | None = Field(None, description="extra CA certificates (hashed folder)")
+    tls_trust: Literal["default", "system"] = Field(
+        "default", description="default = certifi's CAs; system = the OS store (truststore)"
+    )
 
     # Storage and database
     database_url: str = "sqlite:///data/app.db"
@@ -98,6 +111,14 @@ class Settings(BaseSettings):
         compile_host_patterns(value)
         return value
 
+    @field_validator("http_proxy", "https_proxy")
+    @classmethod
+    def _check_proxy(cls, value: str | None) -> str | None:
+        # http:// and https:// proxies (a bare host:port is http://); others stop the start.
+        if value and "://" in value and value.split("://", 1)[0].lower() not in ("http", "https"):
+            raise ValueError("only http:// and https:// proxies are supported")
+        return value
+
     @property
     def max_image_bytes(self) -> int:
         return int(self.max_image_size_mb * 1024 * 1024)
@@ -112,6 +133,8 @@ class Settings(BaseSettings):
             elif isinstance(value, str) and "://" in value:
                 # Every URL-shaped setting: userinfo passwords, `?password=`, tokens.
                 value = redact_url(value)
+            elif isinstance(value, str) and name.endswith("_proxy") and "@" in value:
+                value = redact_url("http://" + value).removeprefix("http://")  # user:pw@host
             shown[name.upper()] = value
         return shown
 

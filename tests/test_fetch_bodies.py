@@ -81,9 +81,16 @@ def test_raw_deflate_is_decoded_too(image_server: ImageServer, tmp_path: Path) -
 
 
 def test_unsupported_encoding_is_refused(image_server: ImageServer, tmp_path: Path) -> None:
-    outcome = fetch_one(make_settings(), tmp_path, image_server.url("brotli/b.jpg"))
+    # br and zstd are decoded now (tests/test_fetch_encodings.py); compress never was
+    image_server.add_route(
+        r"/lzw",
+        lambda req: Reply(
+            body=b"\x1f\x9d\x90" + b"\x00" * 200, headers=[("Content-Encoding", "compress")]
+        ),
+    )
+    outcome = fetch_one(make_settings(), tmp_path, image_server.url("lzw"))
     assert_failed(outcome, "bad_encoding")
-    assert "(br)" in (outcome.error or "")
+    assert "(compress)" in (outcome.error or "")
     assert outcome.attempts == 1
 
 

@@ -1,5 +1,5 @@
 """Pure logic of the fetch layer: retry policy, Retry-After, slots, pacer, breaker, sniffing,
-the guard in the transport. No network (the wire itself: test_fetch_wire.py)."""
+the guard in the transport. No network (the transport itself: test_fetch_transport.py)."""
 
 from __future__ import annotations
 
@@ -19,11 +19,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from downloader.fetch.client import BlockedAddress, build_client
+from downloader.fetch.client import BlockedAddress, build_client, header_map
 from downloader.fetch.limits import CircuitBreaker, HostSlots, Pacer, Slots, scaled
 from downloader.fetch.retry import RetryPolicy, is_retryable_status, parse_retry_after
 from downloader.fetch.sniff import SniffError, describe_non_image, image_info, sniff_format
-from downloader.fetch.wire import header_map
 from downloader.guard import Guard
 from downloader.settings import load_settings
 from tests.support.imageserver import bomb_png, image_bytes

@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from downloader.fetch.client import DNS_CACHE_SIZE, GuardedTransport
+from downloader.fetch.client import DNS_CACHE_SIZE, ConnectResolver
 from downloader.fetch.fetcher import _host_key
 from downloader.fetch.limits import CircuitBreaker, ExpiringLRU, HostSlots
-from downloader.guard import Guard, GuardedResolver, ResolveResult
+from downloader.guard import Guard, ResolveResult
 from downloader.settings import SettingsError, load_settings
 from tests.support.fetching import fetch_all, make_settings
 from tests.support.imageserver import ImageServer, closed_port
@@ -287,18 +287,17 @@ def test_dns_cache_of_the_transport_stays_bounded() -> None:
     inner = EveryNameResolver()
 
     async def main() -> None:
-        transport = GuardedTransport(g)
-        transport._resolver = GuardedResolver(g, inner)
+        resolver = ConnectResolver(g, set(), inner)  # the connector's resolver
         for i in range(MANY):
-            addresses = await transport._addresses(f"h{i}.test", 80)
-            assert addresses[0][2] == "127.0.0.2"
-        assert len(transport._dns) <= DNS_CACHE_SIZE
+            addresses = await resolver.resolve(f"h{i}.test", 80)
+            assert addresses[0]["host"] == "127.0.0.2"
+        assert len(resolver._cache) <= DNS_CACHE_SIZE
         asked = inner.asked
-        await transport._addresses(f"h{MANY - 1}.test", 80)  # recent: from the cache
+        await resolver.resolve(f"h{MANY - 1}.test", 80)  # recent: from the cache
         assert inner.asked == asked
-        await transport._addresses("h0.test", 80)  # evicted: asked again
+        await resolver.resolve("h0.test", 80)  # evicted: asked again
         assert inner.asked == asked + 1
-        await transport.aclose()
+        await resolver.close()
 
     asyncio.run(main())
     assert inner.asked == MANY + 1

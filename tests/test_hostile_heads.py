@@ -176,7 +176,7 @@ def test_many_repeated_headers_fail_at_once_as_bad_response(
 
 ENDLESS = {
     # one header whose value never ends
-    "endless_value": (b"HTTP/1.1 200 OK\r\nX-Long: ", b"v" * 8192, "larger than 64 KiB"),
+    "endless_value": (b"HTTP/1.1 200 OK\r\nX-Long: ", b"v" * 8192, "longer than 8 KiB"),
     # distinct headers forever
     "endless_headers": (b"HTTP/1.1 200 OK\r\n", b"X-Header-Name: a-value\r\n" * 400, "headers"),
     # a reason phrase that never ends
@@ -184,11 +184,11 @@ ENDLESS = {
     # interim answers forever: each is a small head, together they are endless
     "endless_interim": (b"", b"HTTP/1.1 100 Continue\r\n\r\n" * 300, "larger than 64 KiB"),
     # a whole chunked image, then a trailer whose value never ends
-    "endless_trailer": (CHUNKED_PNG + b"0\r\nX-Trailer: ", b"t" * 8192, "framing or trailers"),
+    "endless_trailer": (CHUNKED_PNG + b"0\r\nX-Trailer: ", b"t" * 8192, "trailers"),
     # a whole chunked image, then trailers forever
     "endless_trailers": (CHUNKED_PNG + b"0\r\n", b"X-Trailer: t\r\n" * 400, "100 headers"),
     # a chunk-size line whose extension never ends
-    "endless_chunk_extension": (CHUNKED_PNG + b"1;ext=", b"e" * 8192, "framing or trailers"),
+    "endless_chunk_extension": (CHUNKED_PNG + b"1;ext=", b"e" * 8192, "chunk framing"),
 }
 
 
@@ -317,6 +317,11 @@ def test_bytes_after_content_length_are_not_stored_and_the_connection_is_dropped
         outcomes = asyncio.run(main(server))
         connections = server.connections
     for outcome in outcomes:
+        if handler is extra_garbage and not outcome.ok:
+            # Garbage in the same packet as the answer's end: aiohttp's parser fails the
+            # whole answer (bad_response) rather than splitting the packet. Nothing is stored.
+            assert_failed(outcome, "bad_response")
+            continue
         # The declared body arrived whole: the image is good, and exactly those bytes.
         assert outcome.ok, outcome
         assert outcome.size == len(PNG)

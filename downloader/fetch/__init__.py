@@ -1,10 +1,15 @@
 """HTTP fetch layer: politeness limits, retries, redirects, SSRF guard, verified temp files.
 
-The engine uses `Fetcher` and `FetchOutcome`; the other modules are its parts:
-client (httpx over a guarded HTTP/1.1 transport, wire.py), limits (slots, pacer, circuit breaker),
-retry (policy, backoff, Retry-After), body (reading, decoding, hashing and spooling a response
-body), sniff (type and dimensions from the bytes), tempfiles (the ``.part`` files and their
+The engine uses `Fetcher` and `FetchOutcome` (`fetch(url, headers=None)`); the other modules are
+its parts: client (aiohttp's HTTP client under the guard: vetted addresses only, happy eyeballs,
+keep-alive, errors mapped once to httpx's types; httpx's API for other callers), protocol
+(aiohttp's connection protocol with our caps on heads and stray bytes), proxies (HTTP_PROXY,
+HTTPS_PROXY, NO_PROXY), trust (TLS_TRUST, SSL_CERT_FILE, SSL_CERT_DIR), limits (slots, pacer,
+circuit breaker, the bounded DNS cache), retry (policy, backoff, Retry-After), body (reading,
+decoding gzip/deflate/br/zstd in bounded steps, hashing and spooling a response body), sniff
+and frames (type and dimensions from the bytes), tempfiles (the ``.part`` files and their
 clean-up) and outcomes (FetchOutcome, FetchStats, failures and their wording).
+How it behaves on company networks: docs/network.md.
 """
 
 from downloader.fetch.fetcher import Fetcher, FetchOutcome, FetchStats

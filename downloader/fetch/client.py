@@ -1,336 +1,349 @@
-"""HTTP client construction: a guarded HTTP/1.1 transport under httpx's API.
+"""The HTTP transport: aiohttp's client (HTTP/1.1, connection pool, happy eyeballs, proxies)
+under the guard, with its errors mapped once to httpx's exception types.
 
-httpx stays the API (httpx.Request in, httpx.Response out: the transport is the one I/O seam).
-The wire work is `wire.HttpConnection` (asyncio + httptools), which costs far less CPU per
-image than httpcore or aiohttp's client (see benchmarks/bench_fetch.py). The fetcher uses the
-transport's own `send` (an httpx.URL and the request's bytes in, the connection with the
-response's head out), which skips building httpx's Request and Response for every image;
-`handle_async_request` is `send` under httpx's API, and `build_client` wraps the transport in
-an httpx.AsyncClient for everything else. The transport
+Why aiohttp and not httpcore: on the loopback benchmark (benchmarks/bench_fetch.py, modes
+`aiohttp`, `httpx`, `httpx-aiohttp`) httpcore's pool delivered about a tenth of aiohttp's
+images per second at 64 in flight, and httpx's Request/Response objects on top of aiohttp
+halved it again. So the fetcher sends through `Transport.send` (aiohttp directly); httpx stays
+the API for everything else (`build_client`: httpx.AsyncClient over httpx-aiohttp, same guard).
 
-* vets the connect target: names through the guard's resolver (every resolved address is
-  checked and only vetted ones are connected to; vetted answers are cached for
-  `DNS_CACHE_SECONDS`, at most `DNS_CACHE_SIZE` names), IP-literal hosts with `Guard.check_host`;
-* keeps idle connections per (scheme, host, port) for `KEEPALIVE_SECONDS`, and never reuses
-  a connection whose exchange did not end cleanly;
-* maps errors to precise httpx exceptions (connect vs read timeout, refused vs reset, TLS,
-  truncated body, blocked address).
+The guard, where connections are made:
 
-No proxy (a proxy would make the guard check the proxy's address instead of the target's),
-no cookies, no retries (the fetcher's retry policy owns re-sending: it counts attempts, backs
-off, feeds the circuit breaker). The body is passed through undecoded: the fetcher decodes it
-itself so that decoded bytes count against the size limit.
+* IP-literal hosts are vetted with `Guard.check_host` before anything is sent (aiohttp does not
+  resolve literals);
+* names are resolved by `ConnectResolver`, the connector's resolver: every address is vetted
+  and only the allowed ones are returned, so the connector (happy eyeballs over them) can only
+  connect to vetted addresses. DNS rebinding is closed: the addresses checked are the ones
+  connected to. Vetted answers are cached `DNS_CACHE_SECONDS`, at most `DNS_CACHE_SIZE` names;
+* a proxy's own host (HTTP_PROXY / HTTPS_PROXY) is trusted: an administrator configured it.
+  A request through a proxy has its *target* vetted first (`Transport.vet_proxied_target`);
+  see docs/network.md for what the guard can and cannot see behind a proxy.
+
+No cookies are kept (`DummyCookieJar`), no redirects followed (the fetcher follows them, hop
+by hop, through the guard), no retries (the fetcher's retry policy owns them), and bodies are
+not decoded (the fetcher decodes them so decoded bytes count against the size limit).
+Response heads are bounded by aiohttp's parser: `MAX_HEADERS` header lines, `MAX_LINE` bytes
+per line (status line included).
 """
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-import certifi
+import aiohttp
 import httpx
+import yarl
+from aiohttp.abc import AbstractResolver
 
 from downloader.fetch.limits import ExpiringLRU
-from downloader.fetch.wire import HttpConnection, TruncatedBody, describe_os_error, request_bytes
-from downloader.guard import AddressBlockedError, Guard, GuardedResolver, parse_ip_host
+from downloader.fetch.protocol import strict_connector
+from downloader.fetch.proxies import Proxy, ProxyRoutes
+from downloader.fetch.transport_errors import (
+    MAX_HEADERS,
+    MAX_LINE,
+    BadResponse,
+    BlockedAddress,
+    TLSError,
+    TruncatedBody,
+    translate,
+)
+from downloader.fetch.trust import ssl_context
+from downloader.guard import (
+    AddressBlockedError,
+    Guard,
+    Resolver,
+    ResolveResult,
+    SystemResolver,
+    parse_ip_host,
+)
 
 if TYPE_CHECKING:
     from downloader.settings import Settings
 
-__all__ = ["BlockedAddress", "GuardedTransport", "TLSError", "TruncatedBody", "build_client"]
+__all__ = [
+    "BadResponse",
+    "BlockedAddress",
+    "TLSError",
+    "Transport",
+    "TruncatedBody",
+    "build_client",
+    "default_headers",
+    "header_map",
+]
 
 DNS_CACHE_SECONDS = 30  # only vetted addresses are cached
 DNS_CACHE_SIZE = 4096  # names (and ports) kept, least recently used dropped first
 KEEPALIVE_SECONDS = 4.0  # idle pooled connections are closed before most servers close them
-DEFAULT_PORTS = {b"http": 80, b"https": 443}
+HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305's connection attempt delay
+DEFAULT_PORTS = {"http": 80, "https": 443}
+ACCEPT_ORIGINAL = "image/jpeg,image/png,image/gif,image/*;q=0.8,*/*;q=0.5"
+ACCEPT_ANY = "image/avif,image/webp,image/png,image/jpeg,image/gif,image/*;q=0.8,*/*;q=0.5"
 
 
-class BlockedAddress(httpx.ConnectError):
-    """The guard refused the address the request would connect to."""
-
-    def __init__(self, reason: str, *, request: httpx.Request | None = None) -> None:
-        super().__init__(reason, request=request)
-        self.reason = reason
-
-
-class TLSError(httpx.ConnectError):
-    """TLS handshake or certificate verification failed (not retried)."""
-
-
-class ConnectionStream(httpx.AsyncByteStream):
-    """A response body read from its connection; closing hands the connection back."""
-
-    __slots__ = ("_connection", "_request", "_transport")
+class ConnectResolver(AbstractResolver):
+    """The connector's resolver: guard-vetted answers, cached (bounded); proxy hosts trusted."""
 
     def __init__(
-        self, transport: GuardedTransport, connection: HttpConnection, request: httpx.Request
+        self, guard: Guard | None, trusted: set[str], inner: Resolver | None = None
     ) -> None:
-        self._transport = transport
-        self._connection = connection
-        self._request = request
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._connection.body():
-                yield chunk
-        except httpx.TransportError as exc:
-            exc.request = self._request
-            raise
-
-    async def aclose(self) -> None:
-        # Back to the pool only when the body was read to the end; otherwise closed (a
-        # half-read connection is never reused).
-        self._transport.release(self._connection)
-
-
-Address = tuple[Any, ...]  # what asyncio's create_connection needs: family, proto, host, port
-
-
-class GuardedTransport(httpx.AsyncBaseTransport):
-    """httpx transport over pooled `HttpConnection`s; vets every address it connects to."""
-
-    def __init__(self, guard: Guard | None, *, ssl_context: ssl.SSLContext | None = None) -> None:
-        self.guard = guard
-        self._resolver: GuardedResolver | None = guard.resolver() if guard is not None else None
-        self._ssl = ssl_context
-        self._idle: dict[tuple[bytes, str, int], list[HttpConnection]] = {}
-        self._open: set[HttpConnection] = set()
-        self._dns: ExpiringLRU[tuple[str, int], list[Address]] = ExpiringLRU(
+        self._system: Resolver = inner or SystemResolver()
+        # guard.resolver() without an argument: a test's guard may bring its own DNS.
+        self._guarded = (
+            (guard.resolver(inner) if inner is not None else guard.resolver())
+            if guard is not None
+            else None
+        )
+        self._trusted = trusted
+        self._cache: ExpiringLRU[tuple[str, int], list[ResolveResult]] = ExpiringLRU(
             DNS_CACHE_SIZE, DNS_CACHE_SECONDS
         )
-        self._next_sweep = 0.0
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        try:
-            connection = await self.send(
-                request.url,
-                request_bytes(request),
-                request.extensions.get("timeout") or {},
-                head_only=request.method == "HEAD",
-            )
-        except httpx.TransportError as exc:
-            exc.request = request
-            raise
-        extensions: dict[str, Any] = {
-            "http_version": b"HTTP/" + connection.http_version.encode("ascii"),
-            "pool_key": connection.key,
-        }
-        if connection.reason:
-            extensions["reason_phrase"] = connection.reason
-        return httpx.Response(
-            status_code=connection.status,
-            headers=connection.headers,
-            stream=ConnectionStream(self, connection, request),
-            request=request,
-            extensions=extensions,
-        )
-
-    async def send(
-        self,
-        url: httpx.URL,
-        request: bytes,
-        timeout: dict[str, float | None],
-        *,
-        head_only: bool = False,
-    ) -> HttpConnection:
-        """Send `request` (its bytes as on the wire) to `url`'s server; the connection, with
-        the response's head read. The caller reads its body (`HttpConnection.body`) and hands
-        it back with `release`. Without httpx's Request and Response objects: the fetcher sends
-        every image this way, and building them cost ~6% of an engine's CPU."""
-        scheme = url.raw_scheme
-        if scheme not in DEFAULT_PORTS:
-            raise httpx.UnsupportedProtocol(f"unsupported scheme {url.scheme!r}")
-        host = url.raw_host.decode("ascii")
-        if not host:
-            raise httpx.UnsupportedProtocol("the URL has no host")
-        port = url.port or DEFAULT_PORTS[scheme]
-        connection = self._idle_connection((scheme, host, port))
-        if connection is None:
-            connection = await self._connect(scheme, host, port, timeout)
-        try:
-            await connection.exchange(request, head_only=head_only)
-        except BaseException:
-            self._drop(connection)
-            raise
-        return connection
-
-    def _tls_context(self) -> ssl.SSLContext:
-        if self._ssl is None:
-            self._ssl = ssl_context()
-        return self._ssl
-
-    def release(self, connection: HttpConnection) -> None:
-        if not connection.reusable:
-            self._drop(connection)
-            return
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_UNSPEC
+    ) -> list[ResolveResult]:
+        key = (host, port)
         now = time.monotonic()
-        connection.idle = True
-        connection.idle_since = now
-        self._idle.setdefault(connection.key, []).append(connection)
-        if now >= self._next_sweep:
-            self._sweep(now)
-
-    def _idle_connection(self, key: tuple[bytes, str, int]) -> HttpConnection | None:
-        idle = self._idle.get(key)
-        now = time.monotonic()
-        while idle:
-            connection = idle.pop()
-            if not connection.closed and now - connection.idle_since < KEEPALIVE_SECONDS:
-                connection.idle = False
-                return connection
-            self._drop(connection)
-        return None
-
-    def _sweep(self, now: float) -> None:
-        """Close the idle connections past their keep-alive (at most once per keep-alive
-        period): a job over thousands of hosts would otherwise hold a socket per host."""
-        self._next_sweep = now + KEEPALIVE_SECONDS
-        for key, idle in list(self._idle.items()):
-            kept = [c for c in idle if not c.closed and now - c.idle_since < KEEPALIVE_SECONDS]
-            for connection in idle:
-                if connection not in kept:
-                    self._drop(connection)
-            if kept:
-                self._idle[key] = kept
-            else:
-                del self._idle[key]
-
-    def _drop(self, connection: HttpConnection) -> None:
-        connection.close()
-        self._open.discard(connection)
-
-    async def _connect(
-        self,
-        scheme: bytes,
-        host: str,
-        port: int,
-        timeout: dict[str, float | None],
-    ) -> HttpConnection:
-        loop = asyncio.get_running_loop()
-        tls = scheme == b"https"
-        try:
-            async with asyncio.timeout(timeout.get("connect")):
-                addresses = await self._addresses(host, port)
-                last_error: OSError | None = None
-                for family, proto, address, address_port in addresses:
-                    try:
-                        _, connection = await loop.create_connection(
-                            lambda: HttpConnection(loop, timeout.get("read")),
-                            host=address,
-                            port=address_port,
-                            family=family,
-                            proto=proto,
-                            ssl=self._tls_context() if tls else None,
-                            server_hostname=host if tls else None,
-                        )
-                        break
-                    except (ssl.SSLError, ssl.CertificateError) as exc:
-                        raise TLSError(describe_os_error(exc)) from exc
-                    except OSError as exc:
-                        last_error = exc
-                else:
-                    detail = (
-                        describe_os_error(last_error) if last_error else "no address to connect to"
-                    )
-                    raise httpx.ConnectError(detail)
-        except TimeoutError as exc:
-            raise httpx.ConnectTimeout("connect timeout") from exc
-        connection.key = (scheme, host, port)
-        self._open.add(connection)
-        return connection
-
-    async def _addresses(self, host: str, port: int) -> list[Address]:
-        """Where to connect: an IP literal once the guard allows it, or the vetted addresses
-        DNS returned (cached)."""
-        if self.guard is not None:
-            reason = self.guard.check_host(host)
-            if reason is not None:
-                raise BlockedAddress(reason)
-        literal = parse_ip_host(host)
-        if literal is not None:
-            family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
-            return [(family, socket.IPPROTO_TCP, str(literal), port)]
-        now = time.monotonic()
-        cached = self._dns.get((host, port), now)
+        cached = self._cache.get(key, now)
         if cached is not None:
             return cached
-        try:
-            if self._resolver is not None:
-                results = await self._resolver.resolve(host, port, socket.AF_UNSPEC)
-                addresses: list[Address] = [
-                    (r["family"], r["proto"], r["host"], r["port"]) for r in results
-                ]
-            else:
-                infos = await asyncio.get_running_loop().getaddrinfo(
-                    host, port, type=socket.SOCK_STREAM
-                )
-                addresses = [(info[0], info[2], info[4][0], info[4][1]) for info in infos]
-        except AddressBlockedError as exc:
-            raise BlockedAddress(exc.reason) from exc
-        except OSError as exc:
-            raise httpx.ConnectError(describe_os_error(exc)) from exc
-        self._dns.put((host, port), addresses, now)
-        return addresses
+        if self._guarded is None or host.lower().rstrip(".") in self._trusted:
+            results = await self._system.resolve(host, port, family)
+        else:
+            results = await self._guarded.resolve(host, port, family)
+        self._cache.put(key, results, now)
+        return results
 
-    async def aclose(self) -> None:
-        for connection in list(self._open):
-            connection.close()
-        self._open.clear()
-        self._idle.clear()
-        if self._resolver is not None:
-            await self._resolver.close()
-
-
-class IgnoredCookies(httpx.Cookies):
-    """A cookie store that keeps nothing: images need no cookies, a big job would otherwise grow
-    the jar without bound, and skipping httpx's urllib-based cookie parsing saves time."""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
-
-
-def ssl_context() -> ssl.SSLContext:
-    """Certificate and host-name verification against certifi's CA bundle."""
-    return ssl.create_default_context(cafile=certifi.where())
+    async def close(self) -> None:
+        await self._system.close()
+        if self._guarded is not None:
+            await self._guarded.close()
 
 
 def default_headers(settings: Settings) -> dict[str, str]:
+    """The headers of every image request (a job's own headers override them)."""
     return {
         "User-Agent": settings.user_agent,
-        "Accept": "image/avif,image/webp,image/png,image/jpeg,image/gif,image/*;q=0.8,*/*;q=0.5",
+        "Accept": ACCEPT_ANY if settings.accept_any_format else ACCEPT_ORIGINAL,
         "Accept-Encoding": "identity",
     }
 
 
-def build_transport(settings: Settings, guard: Guard | None) -> GuardedTransport:
-    """The transport alone. The fetcher sends through it directly (`GuardedTransport.send`):
-    its requests need no cookies, auth or redirect handling, so the client layer would only
-    add work to each image. Its TLS context is made on the first https
-    connection: loading the CA bundle costs ~35 ms, which a job of plain http:// URLs (and
-    every engine's start) need not pay."""
-    return GuardedTransport(guard)
+def merge_headers(base: Mapping[str, str], extra: Mapping[str, str] | None) -> dict[str, str]:
+    """`base` with `extra` on top, names compared case-insensitively (extra wins)."""
+    if not extra:
+        return dict(base)
+    lowered = {name.lower() for name in extra}
+    merged = {name: value for name, value in base.items() if name.lower() not in lowered}
+    merged.update(extra)
+    return merged
+
+
+def header_map(headers: Any) -> dict[str, str]:
+    """Lower-cased names to values, as httpx's `Headers.get` reads them: a repeated header's
+    values joined with ", " (stacked encodings stay visible), UTF-8 text where the bytes are
+    UTF-8, Latin-1 otherwise. Repeated values are collected and joined once."""
+    mapped: dict[str, str] = {}
+    repeated: dict[str, list[str]] = {}
+    for raw_name, raw_value in headers:
+        name = raw_name.lower().decode("latin-1")
+        try:
+            value = raw_value.decode("utf-8")
+        except UnicodeDecodeError:
+            value = raw_value.decode("latin-1")
+        if name in mapped:
+            repeated.setdefault(name, [mapped[name]]).append(value)
+        else:
+            mapped[name] = value
+    for name, values in repeated.items():
+        mapped[name] = ", ".join(values)
+    return mapped
+
+
+async def body_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The response's body as it arrives (undecoded), with errors translated."""
+    content = response.content
+    try:
+        while True:
+            chunk = await content.readany()
+            if not chunk:
+                return
+            yield chunk
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        mapped = translate(exc, in_body=True)
+        if mapped is exc:
+            raise
+        raise mapped from exc
+
+
+class Transport:
+    """One aiohttp session under the guard; `send` one GET, read `body_chunks`, `release`."""
+
+    def __init__(
+        self, settings: Settings, guard: Guard | None, *, resolver: Resolver | None = None
+    ) -> None:
+        self.settings = settings
+        self.guard = guard
+        self.routes = ProxyRoutes(settings)
+        self._inner_resolver = resolver
+        self._session: aiohttp.ClientSession | None = None
+        self._ssl: ssl.SSLContext | None = None
+        self._targets: ExpiringLRU[tuple[str, int], bool] = ExpiringLRU(
+            DNS_CACHE_SIZE, DNS_CACHE_SECONDS
+        )
+        self.resolver = ConnectResolver(guard, self.routes.hosts(), resolver)
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=settings.http_connect_timeout,
+            sock_read=settings.http_read_timeout,
+        )
+
+    def session(self) -> aiohttp.ClientSession:
+        """The session (made on first use, inside the event loop)."""
+        if self._session is None:
+            connector = strict_connector(
+                resolver=self.resolver,
+                use_dns_cache=False,  # ConnectResolver caches (bounded, vetted answers only)
+                limit=0,  # the fetcher's slots limit concurrency
+                keepalive_timeout=KEEPALIVE_SECONDS,
+                happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY,
+                ssl=False,  # per request: the TLS context is made on the first https URL
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+                timeout=self._timeout,
+                max_headers=MAX_HEADERS,
+                max_line_size=MAX_LINE,
+                max_field_size=MAX_LINE,
+                trust_env=False,  # proxies come from the settings (ProxyRoutes)
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+            )
+            # aiohttp re-sends a GET once when a pooled connection fails; the fetcher's retry
+            # policy owns re-sending (it counts attempts, backs off, feeds the breaker).
+            self._session._retry_connection = False
+        return self._session
+
+    def tls_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = ssl_context(self.settings)
+        return self._ssl
+
+    async def vet_proxied_target(self, host: str, port: int) -> None:
+        """Before a request goes to a proxy: the target's host is vetted here, since the proxy
+        (not us) connects to it. A name is resolved locally and its addresses vetted; a name
+        that does not resolve locally (common behind a proxy) is left to the proxy."""
+        if self.guard is None or parse_ip_host(host) is not None:
+            return  # IP literals were vetted by check_host
+        now = time.monotonic()
+        if self._targets.get((host, port), now):
+            return
+        try:
+            await self.resolver._guarded.resolve(host, port, socket.AF_UNSPEC)  # type: ignore[union-attr]
+        except AddressBlockedError as exc:
+            raise BlockedAddress(exc.reason) from exc
+        except OSError:
+            pass  # unknown here: the proxy resolves it (docs/network.md)
+        self._targets.put((host, port), True, now)
+
+    async def send(self, url: httpx.URL, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
+        """GET `url` with exactly `headers`; the response with its head read. The caller reads
+        `body_chunks(response)` and then calls `release`."""
+        scheme = url.scheme
+        if scheme not in DEFAULT_PORTS:
+            raise httpx.UnsupportedProtocol(f"unsupported scheme {scheme!r}")
+        host = url.raw_host.decode("ascii")
+        if not host:
+            raise httpx.UnsupportedProtocol("the URL has no host")
+        port = url.port or DEFAULT_PORTS[scheme]
+        if self.guard is not None:
+            reason = self.guard.check_host(host)
+            if reason is not None:
+                raise BlockedAddress(reason)
+        proxy: Proxy | None = None
+        if self.routes.configured:
+            proxy = self.routes.proxy_for(scheme, host, port)
+            if proxy is not None or host.lower() in self.routes.hosts():
+                # A target equal to the proxy's host is vetted too (the connector trusts it).
+                await self.vet_proxied_target(host, port)
+        literal = parse_ip_host(host)
+        if literal is not None and str(literal) != host.strip("[]"):
+            # 127.1, 0x7f.0.0.1, 2130706433 ...: yarl wants the canonical spelling
+            url = url.copy_with(host=str(literal))
+        try:
+            return await self.session()._request(
+                "GET",
+                yarl.URL(str(url), encoded=True),
+                headers=headers,
+                allow_redirects=False,
+                ssl=self.tls_context() if scheme == "https" else False,
+                proxy=proxy.url if proxy is not None else None,
+                proxy_auth=proxy.auth if proxy is not None else None,
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            mapped = translate(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    @staticmethod
+    def release(response: aiohttp.ClientResponse, *, complete: bool) -> None:
+        """Back to the pool when the body was read to its end; otherwise the connection is
+        closed (a half-read connection is never reused)."""
+        if complete:
+            response.release()
+        else:
+            response.close()
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+        await self.resolver.close()
+
+
+def build_transport(settings: Settings, guard: Guard | None) -> Transport:
+    """The fetcher's transport; its session and TLS context are made on first use."""
+    return Transport(settings, guard)
+
+
+class _GuardedAiohttpTransport(httpx.AsyncBaseTransport):
+    """httpx's API over `Transport`: the same guard, proxies, trust and error mapping."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers.raw}
+        headers.pop("Host", None)
+        try:
+            response = await self.transport.send(request.url, headers)
+        except httpx.TransportError as exc:
+            exc.request = request
+            raise
+        body = b"".join([chunk async for chunk in body_chunks(response)])
+        self.transport.release(response, complete=True)
+        return httpx.Response(
+            status_code=response.status,
+            headers=list(response.raw_headers),
+            content=body,
+            request=request,
+        )
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
 
 
 def build_client(settings: Settings, guard: Guard | None) -> httpx.AsyncClient:
-    """httpx.AsyncClient over `GuardedTransport` (call inside the event loop)."""
-    transport = build_transport(settings, guard)
-    client = httpx.AsyncClient(
-        transport=transport,
+    """httpx.AsyncClient over the guarded transport (call inside the event loop); for code
+    that wants httpx's API (small bodies: each is read whole)."""
+    return httpx.AsyncClient(
+        transport=_GuardedAiohttpTransport(Transport(settings, guard)),
         headers=default_headers(settings),
-        timeout=httpx.Timeout(
-            connect=settings.http_connect_timeout,
-            read=settings.http_read_timeout,
-            write=settings.http_read_timeout,
-            pool=None,
-        ),
         follow_redirects=False,
         trust_env=False,
     )
-    # The public `cookies` setter copies into a plain Cookies; set the store itself
-    # (tests/test_fetch.py checks that no cookie is kept).
-    client._cookies = IgnoredCookies()
-    return client

@@ -23,21 +23,24 @@ import asyncio
 import contextlib
 import http
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+import aiohttp
 import httpx
 
 from downloader.errors import excerpt
 from downloader.fetch.body import DECODE_STEP, SPOOL_BYTES, BodyReceiver
 from downloader.fetch.client import (
-    BlockedAddress,
-    GuardedTransport,
-    TLSError,
+    Transport,
+    body_chunks,
     build_transport,
     default_headers,
+    header_map,
+    merge_headers,
 )
 from downloader.fetch.limits import CircuitBreaker, HostSlots, Pacer, Slots, scaled
 from downloader.fetch.outcomes import (
@@ -50,7 +53,7 @@ from downloader.fetch.outcomes import (
 )
 from downloader.fetch.retry import RetryPolicy, is_retryable_status, parse_retry_after
 from downloader.fetch.tempfiles import TEMP_SUFFIX
-from downloader.fetch.wire import BadResponse, HttpConnection, header_map
+from downloader.fetch.transport_errors import BadResponse, BlockedAddress, ProxyRefused, TLSError
 from downloader.guard import Guard
 from downloader.redact import redact_logger
 
@@ -62,6 +65,8 @@ log = redact_logger(logging.getLogger(__name__))  # its lines can name URLs
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 DRAIN_LIMIT = 64 * 1024  # read small error/redirect bodies so the connection can be reused
 REASON_QUOTE = 100  # characters of a server's reason phrase quoted in a message
+# Credentials a redirect to another host does not carry (as curl and browsers do).
+CROSS_HOST_DROPPED = frozenset({"authorization", "cookie", "proxy-authorization"})
 
 
 @dataclass(slots=True)
@@ -71,10 +76,19 @@ class _Redirect:
 
 
 class _Job:
-    __slots__ = ("attempts", "current", "new_attempt", "redirects", "remaining", "visited")
+    __slots__ = (
+        "attempts",
+        "current",
+        "headers",
+        "new_attempt",
+        "redirects",
+        "remaining",
+        "visited",
+    )
 
-    def __init__(self, url: httpx.URL, deadline: float) -> None:
+    def __init__(self, url: httpx.URL, deadline: float, headers: Mapping[str, str]) -> None:
         self.current = url
+        self.headers = headers  # sent with every request of this image (never logged)
         self.attempts = 0  # requests sent as attempts (redirect hops are not new attempts)
         self.new_attempt = True  # the next request starts an attempt
         self.redirects = 0
@@ -89,12 +103,12 @@ def _host_key(url: httpx.URL) -> str:
     return Guard.host_key(url.raw_host.decode("ascii"), port)
 
 
-def _reason_phrase(connection: HttpConnection) -> str:
+def _reason_phrase(response: aiohttp.ClientResponse) -> str:
     """The standard phrase of the status, or the server's own (quoted short: it chose it)."""
     try:
-        return http.HTTPStatus(connection.status).phrase
+        return http.HTTPStatus(response.status).phrase
     except ValueError:
-        return excerpt(connection.reason.decode("ascii", errors="ignore").strip(), REASON_QUOTE)
+        return excerpt((response.reason or "").strip(), REASON_QUOTE)
 
 
 class Fetcher:
@@ -131,21 +145,8 @@ class Fetcher:
             settings.circuit_breaker_failures, settings.circuit_breaker_cooldown
         )
         self._deadline = settings.download_deadline
-        # The request's header lines after Host, as httpx would write them.
-        self._head = (
-            b"".join(
-                name.encode("ascii") + b": " + value.encode("ascii") + b"\r\n"
-                for name, value in default_headers(settings).items()
-            )
-            + b"\r\n"
-        )
-        self._timeout = httpx.Timeout(
-            connect=settings.http_connect_timeout,
-            read=settings.http_read_timeout,
-            write=settings.http_read_timeout,
-            pool=None,
-        ).as_dict()
-        self._transport: GuardedTransport | None = None
+        self._headers = default_headers(settings)
+        self._transport: Transport | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -190,13 +191,16 @@ class Fetcher:
 
     # -- fetching --------------------------------------------------------------------------
 
-    async def fetch(self, url: str) -> FetchOutcome:
-        """Download `url`; see the module docstring for the rules."""
+    async def fetch(self, url: str, headers: Mapping[str, str] | None = None) -> FetchOutcome:
+        """Download `url`; see the module docstring for the rules. `headers`: extra request
+        headers for this image (the caller chose them for its host); they override the
+        defaults (User-Agent, Accept ...). Authorization and Cookie are not sent on after a
+        redirect to another host. Header values are never logged."""
         if self._transport is None:
             raise RuntimeError("Fetcher is not open: use 'async with Fetcher(...)'")
         self.stats.in_flight += 1
         try:
-            outcome = await self._fetch(self._transport, url)
+            outcome = await self._fetch(self._transport, url, merge_headers(self._headers, headers))
         except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # a bug must not take down the whole batch
@@ -214,7 +218,9 @@ class Fetcher:
             self.stats.failed += 1
         return outcome
 
-    async def _fetch(self, transport: GuardedTransport, url: str) -> FetchOutcome:
+    async def _fetch(
+        self, transport: Transport, url: str, headers: Mapping[str, str]
+    ) -> FetchOutcome:
         refusal = self.guard.vet_url(url)
         if refusal is not None:
             return FetchOutcome(ok=False, error_code=refusal.code, error=refusal.reason)
@@ -224,7 +230,7 @@ class Fetcher:
             return FetchOutcome(
                 ok=False, error_code="bad_url", error="The URL is not a valid address."
             )
-        job = _Job(start_url, self._deadline)
+        job = _Job(start_url, self._deadline, headers)
         loop = asyncio.get_running_loop()
         while True:
             host = _host_key(job.current)
@@ -257,7 +263,7 @@ class Fetcher:
             return self._failure(job, result)
 
     async def _hop(
-        self, transport: GuardedTransport, job: _Job, host: str
+        self, transport: Transport, job: _Job, host: str
     ) -> FetchOutcome | _Redirect | Failure:
         """One request under the host and global slots, the breaker, the pacer, the deadline."""
         loop = asyncio.get_running_loop()
@@ -310,19 +316,24 @@ class Fetcher:
             self._hosts.release(host)
 
     async def _exchange(
-        self, transport: GuardedTransport, job: _Job
+        self, transport: Transport, job: _Job
     ) -> FetchOutcome | _Redirect | Failure:
         url = job.current
         self.stats.requests += 1
         try:
-            connection = await transport.send(url, self._request_head(url), self._timeout)
+            response = await transport.send(url, job.headers)
         except BlockedAddress as exc:
             return Failure("blocked_address", as_sentence(exc.reason), reachable=None)
         except TLSError as exc:
+            hint = f"; {exc.hint}" if exc.hint else ""
             return Failure(
                 "connection_error",
-                f"The secure connection failed ({describe_exception(exc)}).",
+                f"The secure connection failed ({describe_exception(exc)}){hint}.",
                 reachable=None,
+            )
+        except ProxyRefused as exc:
+            return Failure(
+                "connection_error", f"{as_sentence(describe_exception(exc))}", reachable=None
             )
         except httpx.ConnectTimeout:
             return Failure(
@@ -363,24 +374,18 @@ class Fetcher:
                 reachable=False,
             )
         try:
-            return await self._handle(connection, job)
+            return await self._handle(response, job)
         finally:
-            transport.release(connection)  # pooled only if the body was read to its end
-
-    def _request_head(self, url: httpx.URL) -> bytes:
-        """GET `url` as sent on the wire: what httpx.Request would send (Host first, then
-        the default headers), built without it."""
-        return b"".join(
-            (b"GET ", url.raw_path or b"/", b" HTTP/1.1\r\nHost: ", url.netloc, b"\r\n", self._head)
-        )
+            # pooled only if the body was read to its end
+            transport.release(response, complete=response.content.at_eof())
 
     async def _handle(
-        self, connection: HttpConnection, job: _Job
+        self, response: aiohttp.ClientResponse, job: _Job
     ) -> FetchOutcome | _Redirect | Failure:
-        status = connection.status
-        headers = header_map(connection.headers)
+        status = response.status
+        headers = header_map(response.raw_headers)
         if status in REDIRECT_STATUSES and "location" in headers:
-            await self._drain(connection, headers)
+            await self._drain(response, headers)
             try:
                 target = job.current.join(headers["location"])
             except (httpx.InvalidURL, ValueError):
@@ -391,29 +396,29 @@ class Fetcher:
                 )
             return _Redirect(target, status)
         if not 200 <= status < 300 or status == 206:
-            await self._drain(connection, headers)
+            await self._drain(response, headers)
             retryable = is_retryable_status(status)
             retry_after = None
             if retryable:
                 retry_after = parse_retry_after(headers.get("retry-after"))
             return Failure(
                 f"http_{status}",
-                f"The server answered {status} {_reason_phrase(connection)}.".replace(" .", "."),
+                f"The server answered {status} {_reason_phrase(response)}.".replace(" .", "."),
                 status=status,
                 retryable=retryable,
                 retry_after=retry_after,
             )
         return await self._body.receive(
-            status, headers, connection.body(), job.attempts, job.current
+            status, headers, body_chunks(response), job.attempts, job.current
         )
 
-    async def _drain(self, connection: HttpConnection, headers: dict[str, str]) -> None:
+    async def _drain(self, response: aiohttp.ClientResponse, headers: dict[str, str]) -> None:
         """Read a small body to the end (keeps the connection reusable); skip big ones."""
         length = headers.get("content-length")
         if length is None or not length.isdigit() or int(length) > DRAIN_LIMIT:
             return
         with contextlib.suppress(httpx.HTTPError):
-            async for _ in connection.body():
+            async for _ in body_chunks(response):
                 pass
 
     # -- outcomes ----------------------------------------------------------------------------
@@ -441,6 +446,12 @@ class Fetcher:
                 message = f"Redirected to a blocked address: {message}"
             return self._final(job, refusal.code, message, redirect.status, final_url=target)
         job.visited.add(target)
+        if _host_key(redirect.url) != _host_key(job.current):
+            job.headers = {
+                name: value
+                for name, value in job.headers.items()
+                if name.lower() not in CROSS_HOST_DROPPED
+            }
         job.current = redirect.url
         return None
 
