@@ -44,7 +44,6 @@ MAX_LINES = 200  # lines in the box (blank lines and comments included)
 MAX_HOST_CHARS = 253
 # "Any format the CDN prefers": WebP/AVIF first, as a browser asks (the default asks for originals)
 ANY_FORMAT_ACCEPT = "image/avif,image/webp,image/*,*/*;q=0.8"
-MASK = "••••••"
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 # Visible ASCII, space and tab only (RFC 9110 field-value without obs-text).
@@ -390,22 +389,3 @@ def headers_for_url(url: str, stored: RequestHeaders) -> dict[str, str]:
     if not host:
         return {}
     return headers_for(f"[{host}]" if ":" in host else host, stored, port)
-
-
-# ---------------------------------------------------------------- showing
-
-
-@dataclass(frozen=True)
-class ShownHeader:
-    """One header as the job page shows it to the job's owner: where and which, never its value."""
-
-    scope: str  # "every host" or the host pattern
-    name: str
-    value: str = MASK
-
-
-def shown(stored: RequestHeaders) -> list[ShownHeader]:
-    """Names and hosts of `stored`, every value masked (Cookie, Authorization and the rest)."""
-    rows = [ShownHeader("every host", name) for name, _ in stored.common]
-    rows += [ShownHeader(host, name) for host, items in stored.hosts for name, _ in items]
-    return rows

@@ -17,10 +17,10 @@ from downloader import jobs
 from downloader.db import Database
 from downloader.inputs import ParsedInput, parse_text
 from downloader.job_headers import JobHeaderCache, load_job_headers
+from downloader.jobs.headers import MASK, shown
 from downloader.models import JOB
 from downloader.request_headers import (
     ANY_FORMAT_ACCEPT,
-    MASK,
     MAX_HEADERS,
     MAX_LINES,
     MAX_TEXT_CHARS,
@@ -33,7 +33,6 @@ from downloader.request_headers import (
     parse_header_text,
     parse_host,
     parse_options,
-    shown,
     to_json,
 )
 from downloader.retention import cleanup

@@ -6,28 +6,43 @@ engine); the values (cookies, tokens) are never returned from here, only names a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy import select, update
 
 from downloader.db import Database
 from downloader.errors import JobNotFound
 from downloader.job_headers import load_job_headers
 from downloader.models import JOB
-from downloader.request_headers import (
-    HeaderError,
-    RequestHeaders,
-    ShownHeader,
-    parse_header_text,
-    shown,
-    to_json,
-)
+from downloader.request_headers import HeaderError, RequestHeaders, parse_header_text, to_json
 
 __all__ = [
+    "MASK",
     "HeaderError",
     "RequestHeaders",
+    "ShownHeader",
     "parse_header_text",
     "request_headers_shown",
     "set_request_headers",
 ]
+
+MASK = "••••••"
+
+
+@dataclass(frozen=True)
+class ShownHeader:
+    """One header as the job page shows it to the job's owner: where and which, never its value."""
+
+    scope: str  # "every host" or the host pattern
+    name: str
+    value: str = MASK
+
+
+def shown(stored: RequestHeaders) -> list[ShownHeader]:
+    """Names and hosts of `stored`, every value masked (Cookie, Authorization and the rest)."""
+    rows = [ShownHeader("every host", name) for name, _ in stored.common]
+    rows += [ShownHeader(host, name) for host, items in stored.hosts for name, _ in items]
+    return rows
 
 
 def set_request_headers(db: Database, job_id: str, headers: RequestHeaders) -> None:

@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 from downloader import jobs
 from downloader.engine import Engine
 from downloader.job_headers import load_job_headers
-from downloader.request_headers import MASK
+from downloader.jobs.headers import MASK
 from downloader.services import Services
 from tests.support.imageserver import ImageServer, Reply, Req
 
