@@ -14,6 +14,7 @@ images / concurrency x (delay + mean size / rate). See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import math
 import os
@@ -313,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = machine_info(argv)
     meta["command"] = shlex.join([".venv/bin/python", "-m", "benchmarks.bench_cdn", *argv])
+    # Our bytecode, as scripts/setup.sh (or any first run) leaves it: with
+    # PYTHONDONTWRITEBYTECODE set, a fresh work tree would compile the package in every process.
+    compileall.compile_dir(REPO_ROOT / "downloader", quiet=1)
     images = cdn_images(args.images)
     corpus.warm_page_cache(corpus.IMG_DIR, (f.name for f in images))
     tls = None if args.plain_http else cdn_server.make_tls(WORK_DIR / "cdn-tls")
