@@ -20,6 +20,7 @@ import math
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -306,6 +307,18 @@ def render(
     return "\n".join(out)
 
 
+def _commit() -> str:
+    """HEAD, and whether tracked files differ from it (untracked ones, such as a new result
+    file, do not make the measured code different)."""
+    git = ["git", "-C", str(REPO_ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    changed = subprocess.run(
+        [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    )
+    dirty = bool(changed.stdout.strip())
+    return (head.stdout.strip() or "?") + (" + uncommitted changes" if dirty else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -314,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = machine_info(argv)
     meta["command"] = shlex.join([".venv/bin/python", "-m", "benchmarks.bench_cdn", *argv])
+    meta["commit"] = _commit()
     # Our bytecode, as scripts/setup.sh (or any first run) leaves it: with
     # PYTHONDONTWRITEBYTECODE set, a fresh work tree would compile the package in every process.
     compileall.compile_dir(REPO_ROOT / "downloader", quiet=1)
