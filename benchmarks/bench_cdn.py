@@ -50,8 +50,8 @@ TRUST_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_
 RATE_UNITS = {"k": 1024, "m": 1024 * 1024}
 # The downloads go to a tmpfs by default: this benchmark is about the network. On this VM's
 # journal-less ext4, creating a file gets slower for minutes after files were deleted
-# (benchmarks/README.md), and aria2c creates and deletes a control file per download: onto
-# the disk it took 24-38 s for 6,000 images where it takes the latency bound on a tmpfs.
+# (benchmarks/README.md), so onto the disk a tool's time would depend on what was deleted
+# before its round rather than on the network (aria2c's most of all: see the README).
 TMPFS_DIR = Path("/dev/shm/bench-cdn")
 
 
