@@ -25,11 +25,12 @@ from downloader.fetch.limits import scaled
 from downloader.job_headers import JobHeaderCache
 from downloader.leases import LeaseBook
 from downloader.models import ImageStatus
+from downloader.outputs.stage import ConvertError, OutputStage
 from downloader.queue import Claim, Result
 from downloader.redact import redact_logger
 from downloader.request_headers import headers_for_url
 from downloader.settings import Settings
-from downloader.storage import Storage, image_key
+from downloader.storage import Storage, image_key, output_key
 from downloader.turns import DownloadTasks, LocalTurns, host_of
 
 log = redact_logger(logging.getLogger(__name__))  # its lines can name URLs
@@ -90,6 +91,7 @@ class Engine:
         self._in_flight: dict[int, Claim] = {}
         self._leases = LeaseBook(settings.worker_lease_seconds)
         self._job_headers = JobHeaderCache(db)  # each job's request headers, read once
+        self._outputs: OutputStage | None = None  # conversions and checks (run() starts it)
         self._results: list[Result] = []
         self._flush_wanted = anyio.Event()
         self._stopping = False
@@ -145,6 +147,7 @@ class Engine:
         temp_dir.mkdir(parents=True, exist_ok=True)
         # .part files of processes that died mid-download on this host
         await anyio.to_thread.run_sync(self.storage.clean_temp)
+        outputs = self._outputs = OutputStage(self.db, temp_dir)
         try:
             async with Fetcher(self.settings, temp_dir) as fetcher:
                 fetcher.set_share(self.share)
@@ -177,6 +180,7 @@ class Engine:
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._shutdown_db)
+                await anyio.to_thread.run_sync(outputs.close)  # the conversion workers
             if self.storage.name == "local":  # its own .tmp/<pid> folder, once empty
                 with suppress(OSError):
                     temp_dir.rmdir()
@@ -328,6 +332,20 @@ class Engine:
                 error_code="lease_lost",
                 error="This engine's lease ran out; another engine downloads the image.",
             )
+        try:  # the job's conversion and checks (downloader.outputs), before anything is stored
+            assert self._outputs is not None
+            output = await self._outputs.prepare(item.job_id, item.image_id, outcome)
+        except ConvertError as exc:
+            if temp_path is not None:
+                temp_path.unlink(missing_ok=True)
+            return Result(
+                image_id=item.image_id,
+                status=ImageStatus.FAILED,
+                attempts=attempts,
+                error_code=exc.code,
+                error=exc.message,
+                http_status=outcome.http_status,
+            )
         try:
             if self.storage.name == "local":  # a write and a rename: no thread hop
                 if body is not None:
@@ -340,9 +358,19 @@ class Engine:
             else:
                 assert temp_path is not None
                 await anyio.to_thread.run_sync(self.storage.put, temp_path, key, content_type)
+            if output.path is not None:
+                assert output.output_format is not None
+                await anyio.to_thread.run_sync(
+                    self.storage.put,
+                    output.path,
+                    output_key(key),
+                    CONTENT_TYPES.get(output.output_format),
+                )
         except BaseException:
             if temp_path is not None:  # a failed upload leaves no local copy
                 temp_path.unlink(missing_ok=True)
+            if output.path is not None:
+                output.path.unlink(missing_ok=True)
             raise
         return Result(
             image_id=item.image_id,
@@ -356,6 +384,11 @@ class Engine:
             width=outcome.width,
             height=outcome.height,
             storage_key=key,
+            output_format=output.output_format,
+            output_bytes=output.output_bytes,
+            output_width=output.output_width,
+            output_height=output.output_height,
+            warnings=output.warnings,
         )
 
     async def _flush_loop(self) -> None:
@@ -386,6 +419,7 @@ class Engine:
         report = queue.record_results(self.db, self.worker_id, batch)
         for key in report.duplicate_keys:
             self.storage.delete(key)
+            self.storage.delete(output_key(key))  # its converted output, if the job converts
         return report
 
     async def _heartbeat_loop(self, fetcher: Fetcher) -> None:

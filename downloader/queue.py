@@ -54,6 +54,12 @@ class Result:
     width: int | None = None
     height: int | None = None
     storage_key: str | None = None
+    # the converted output beside the original (downloader.outputs), and check warnings
+    output_format: str | None = None
+    output_bytes: int | None = None
+    output_width: int | None = None
+    output_height: int | None = None
+    warnings: str | None = None
 
 
 @dataclass(slots=True)
@@ -98,6 +104,11 @@ _RESULT_COLUMNS = (
     "width",
     "height",
     "storage_key",
+    "output_format",
+    "output_bytes",
+    "output_width",
+    "output_height",
+    "warnings",
 )
 _result_values = operator.attrgetter(*_RESULT_COLUMNS[1:])  # after the status, in one call
 

@@ -17,6 +17,7 @@ from downloader.storage.base import (
     content_disposition,
     image_key,
     iter_stream,
+    output_key,
 )
 from downloader.storage.local import LocalStorage
 
@@ -46,6 +47,7 @@ __all__ = [
     "image_key",
     "iter_stream",
     "make_storage",
+    "output_key",
 ]
 
 

@@ -115,6 +115,16 @@ def image_key(job_id: str, product_id: int, position: int, ext: str) -> str:
     return f"jobs/{job_id}/{product_id}/{position}.{ext}"
 
 
+OUTPUT_SUFFIX = ".output"
+
+
+def output_key(key: str) -> str:
+    """The storage key of an image's converted output, beside its original at `key`
+    (`jobs/<job>/<product>/3.png` -> `jobs/<job>/<product>/3.png.output`): derived from the
+    original's key alone, so whatever deletes an original can delete its output too."""
+    return check_key(key + OUTPUT_SUFFIX)
+
+
 def clean_temp_dir(directory: Path, live_pids: set[int] | None) -> int:
     """Remove `<pid>-...` files whose pid is not alive, in `directory` and in its per-process
     `<pid>/` folders (LocalStorage.temp_dir), and the emptied folders of dead processes;
