@@ -17,10 +17,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import re
 import tempfile
 import time
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -59,16 +58,15 @@ _ZIP64_LIMIT = (1 << 31) - 1
 _ZIP_FILECOUNT_LIMIT = (1 << 16) - 1
 _ZIP64_ESTIMATE_FACTOR = 1.05
 
-_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
-
-
 # -- names ----------------------------------------------------------------------------------
 
 
 def _safe_name(text: str, fallback: str) -> str:
-    """One path component for inside a ZIP: no separators, no leading dots, no Windows
-    device name (defence in depth: the names reaching here are derived safely already)."""
-    return safe_segment(_UNSAFE_NAME_CHARS.sub("_", text), fallback)
+    """One path component for inside a ZIP: no separators or reserved characters, no leading
+    dots, no Windows device name (defence in depth: the names reaching here are derived
+    safely already). Letters of any language are kept: an ASCII-only rule here would merge
+    folders such as `Größe` and `Grüße` into one."""
+    return safe_segment(text, fallback, 255)
 
 
 def _entry_names(row: ManifestRow, folder_per_product: bool) -> tuple[str, str]:
@@ -253,17 +251,19 @@ def stream_zip(
     folder_per_product: bool,
     prefetch: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    header: Sequence[str] = MANIFEST_COLUMNS,
 ) -> Iterator[ZipChunk]:
     """Yield a stored ZIP of the rows' files plus manifest.csv (all rows), as it is built.
 
     Rows with status "done" and a key become file entries; the manifest lists every row.
     A "done" row whose stored file has disappeared is listed as failed (storage_missing).
     `prefetch` = files read ahead in threads (default: 16 for S3, none for local).
+    `header`: the manifest's columns (manifest.manifest_header: with the input's own columns).
     Closing the generator early (client went away) releases files, threads and spools.
     """
     if prefetch is None:
         prefetch = S3_PREFETCH if storage.name == "s3" else 0
-    return _coalesce(_zip_chunks(storage, rows, folder_per_product, prefetch, chunk_size))
+    return _coalesce(_zip_chunks(storage, rows, folder_per_product, prefetch, chunk_size, header))
 
 
 def _zip_chunks(
@@ -272,6 +272,7 @@ def _zip_chunks(
     folder_per_product: bool,
     prefetch: int,
     chunk_size: int,
+    header: Sequence[str] = MANIFEST_COLUMNS,
 ) -> Iterator[ZipChunk]:
     with ExitStack() as stack:
         manifest_spool = stack.enter_context(tempfile.SpooledTemporaryFile(SPOOL_MEMORY))
@@ -280,7 +281,7 @@ def _zip_chunks(
         archive._filelist = _SpooledCentralDirectory(directory_spool)
 
         manifest = CsvEncoder()
-        manifest.write(MANIFEST_COLUMNS)
+        manifest.write(header)
         sources = _sources(storage, rows, prefetch, chunk_size)
         stack.callback(sources.close)
         date_time = time.localtime()[0:6]
@@ -365,7 +366,13 @@ def _whole_entry(
     return view
 
 
-def zip_size(storage: Storage, rows: Iterable[ManifestRow], *, folder_per_product: bool) -> int:
+def zip_size(
+    storage: Storage,
+    rows: Iterable[ManifestRow],
+    *,
+    folder_per_product: bool,
+    header: Sequence[str] = MANIFEST_COLUMNS,
+) -> int:
     """The exact byte length `stream_zip` will produce for the same rows (Content-Length).
 
     Needs its own pass over the rows (pass a fresh iterable). Uses `row.bytes` for file
@@ -374,7 +381,7 @@ def zip_size(storage: Storage, rows: Iterable[ManifestRow], *, folder_per_produc
     differs and an HTTP server enforcing Content-Length fails the download visibly.
     """
     manifest = CsvEncoder()
-    manifest.write(MANIFEST_COLUMNS)
+    manifest.write(header)
     manifest_bytes = 0
     count = files_size = directory_size = 0
 

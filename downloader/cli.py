@@ -22,6 +22,8 @@ from downloader.cli_support import (
     counts_payload,
     emit,
     header_args,
+    job_options_from,
+    output_args,
     parse_input,
     request_headers_from,
     services_for,
@@ -72,6 +74,7 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument("--url-column", help="column holding image URLs")
         p.add_argument("--name", default="", help="a name for the job")
         header_args(p)
+        output_args(p)
 
     p = sub.add_parser("run", help="run a job to the end in this process")
     input_args(p, optional=True)  # the internal download phase (--job) takes no input
@@ -126,6 +129,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from downloader import jobs
 
     headers = request_headers_from(args)  # a bad header stops here, before anything is read
+    options = job_options_from(args)  # a malformed template stops here, before reading
     services = services_for(args)
     parsed = parse_input(args, services.settings.max_rows_per_job)
     job = jobs.create_job(
@@ -135,6 +139,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         source=source_name(args),
         created_by="cli",
         request_headers=headers,
+        options=options,
     )
     emit(
         {

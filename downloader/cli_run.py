@@ -18,6 +18,7 @@ from downloader.cli_support import (
     CliError,
     counts_payload,
     emit,
+    job_options_from,
     parse_input,
     request_headers_from,
     services_for,
@@ -50,6 +51,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The job's own headers go to the engines through the database (stored on the job),
     # never on a command line: the download phase's and the helpers' have none.
     headers = request_headers_from(args) if args.job is None else None
+    if args.job is None:  # a malformed naming template or layout stops here, before reading
+        job_options_from(args)
     if headers is not None and _is_small_input_file(args):
         return _run_small_input(args, started, headers)
     from downloader import jobs
@@ -74,6 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 created_by="cli",
                 fingerprint=fingerprint,
                 request_headers=headers,
+                options=job_options_from(args),
             ).id
         del parsed
         if os.name == "posix":
@@ -109,6 +113,7 @@ def _run_small_input(
             source=source_name(args),
             created_by="cli",
             request_headers=headers,
+            options=job_options_from(args),
         ).id
     del rows
     return _download_phase(args, services, job_id, started, fork=True)

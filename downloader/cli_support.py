@@ -14,6 +14,7 @@ from downloader.settings import load_settings
 
 if TYPE_CHECKING:
     from downloader.inputs import ParsedInput
+    from downloader.job_options import JobOptions
     from downloader.request_headers import RequestHeaders
     from downloader.services import Services
     from downloader.settings import Settings
@@ -34,6 +35,34 @@ def settings_for(args: argparse.Namespace) -> Settings:
     if getattr(args, "media_root", None):
         overrides["media_root"] = args.media_root
     return load_settings(**overrides)
+
+
+def output_args(p: argparse.ArgumentParser) -> None:
+    """The job's output options for `run` and `submit` (downloader.job_options)."""
+    p.add_argument(
+        "--naming",
+        metavar="TEMPLATE",
+        help="file name template (default {product}_{position}; .{ext} is appended); fields: "
+        "{product} {position} {original_name} {ext} {sha8} and every other input column as "
+        "{column_name} (lower-cased, other characters as _)",
+    )
+    p.add_argument(
+        "--layout",
+        choices=["per-product", "flat"],
+        help="master ZIP layout: a folder per product (default) or every file at the root",
+    )
+
+
+def job_options_from(args: argparse.Namespace) -> JobOptions:
+    """The job's output options from the command line; the template's form is checked here,
+    before the input is read (its fields against the input's columns when the job is made)."""
+    from downloader.job_options import DEFAULT_NAMING, JobOptions
+    from downloader.templates import check_syntax
+
+    naming = getattr(args, "naming", None) or DEFAULT_NAMING
+    layout = getattr(args, "layout", None) or "per-product"
+    check_syntax(naming, layout)
+    return JobOptions(naming=naming, layout=layout)
 
 
 def services_for(args: argparse.Namespace) -> Services:

@@ -12,7 +12,9 @@ from sqlalchemy import select
 
 from downloader.archive import ZipChunk, stream_zip, zip_size
 from downloader.db import Database
-from downloader.manifest import ManifestRow, image_file_name, manifest_csv_chunks
+from downloader.export_names import RawRow, job_options, name_rows
+from downloader.job_options import JobOptions
+from downloader.manifest import ManifestRow, manifest_csv_chunks, manifest_header
 from downloader.models import IMAGE, PRODUCT, ImageStatus, JobPublic
 from downloader.naming import folder_name
 from downloader.row_chunks import image_rows_in_order
@@ -20,9 +22,20 @@ from downloader.storage import Storage
 
 
 def manifest_rows(
-    db: Database, job_id: str, *, product: str | None = None
+    db: Database, job_id: str, *, product: str | None = None, options: JobOptions | None = None
 ) -> Iterator[ManifestRow]:
-    """Stream manifest rows in product then position order, without loading them all."""
+    """Stream manifest rows in product then position order, without loading them all; file
+    names from the job's naming template and layout (downloader.export_names)."""
+    if options is None:
+        options = job_options(db, job_id)
+    return name_rows(
+        _raw_rows(db, job_id, product=None if options.layout == "flat" else product),
+        options,
+        only_product=product,
+    )
+
+
+def _raw_rows(db: Database, job_id: str, *, product: str | None) -> Iterator[RawRow]:
     original = IMAGE.alias("original")
     query = (
         select(
@@ -43,7 +56,8 @@ def manifest_rows(
             IMAGE.c.storage_key,
             IMAGE.c.crc32,
             original.c.position,
-            original.c.format,
+            IMAGE.c.extra,
+            IMAGE.c.output_format,
         )
         .join(PRODUCT, PRODUCT.c.id == IMAGE.c.product_id)
         .outerjoin(original, original.c.id == IMAGE.c.duplicate_of_id)
@@ -73,15 +87,15 @@ def manifest_rows(
         key,
         crc,
         dup_pos,
-        dup_fmt,
+        extra,
+        output_format,
     ) in image_rows_in_order(db, query):
         folder = folder or folder_name(number)  # None: a product stored without one
-        yield ManifestRow(
+        row = ManifestRow(
             product=number,
             position=pos,
             source_url=url,
             status=status,
-            file=image_file_name(folder, pos, fmt) if status == ImageStatus.DONE and fmt else None,
             sha256=sha,
             bytes=size,
             format=fmt,
@@ -90,15 +104,23 @@ def manifest_rows(
             http_status=http,
             attempts=attempts,
             error=f"{err} ({code})" if err and code else err,
-            duplicate_of=image_file_name(folder, dup_pos, dup_fmt) if dup_pos and dup_fmt else None,
             key=key if status == ImageStatus.DONE else None,
             crc32=crc,
             folder=folder,
         )
+        # the file's extension: the converted output's format when the job converts
+        ext = (output_format or fmt) if status == ImageStatus.DONE else None
+        yield row, ext, extra, dup_pos
 
 
 def product_zip(db: Database, storage: Storage, job_id: str, product: str) -> Iterator[ZipChunk]:
-    return stream_zip(storage, manifest_rows(db, job_id, product=product), folder_per_product=False)
+    options = job_options(db, job_id)
+    return stream_zip(
+        storage,
+        manifest_rows(db, job_id, product=product, options=options),
+        folder_per_product=False,
+        header=manifest_header(options.extra_columns),
+    )
 
 
 def product_zip_bytes(db: Database, storage: Storage, job_id: str, product: str) -> bytes:
@@ -107,16 +129,33 @@ def product_zip_bytes(db: Database, storage: Storage, job_id: str, product: str)
 
 
 def job_zip(db: Database, storage: Storage, job_id: str) -> Iterator[ZipChunk]:
-    return stream_zip(storage, manifest_rows(db, job_id), folder_per_product=True)
+    """The master ZIP: `{folder}/{name}` per product, or every `{name}` at the root when the
+    job's layout is flat (names unique across the job then)."""
+    options = job_options(db, job_id)
+    return stream_zip(
+        storage,
+        manifest_rows(db, job_id, options=options),
+        folder_per_product=options.layout != "flat",
+        header=manifest_header(options.extra_columns),
+    )
 
 
 def job_zip_size(db: Database, storage: Storage, job_id: str) -> int:
     """The exact length of `job_zip` while the job's rows don't change (a finished job)."""
-    return zip_size(storage, manifest_rows(db, job_id), folder_per_product=True)
+    options = job_options(db, job_id)
+    return zip_size(
+        storage,
+        manifest_rows(db, job_id, options=options),
+        folder_per_product=options.layout != "flat",
+        header=manifest_header(options.extra_columns),
+    )
 
 
 def manifest_csv(db: Database, job_id: str) -> Iterator[bytes]:
-    return manifest_csv_chunks(manifest_rows(db, job_id))
+    options = job_options(db, job_id)
+    return manifest_csv_chunks(
+        manifest_rows(db, job_id, options=options), manifest_header(options.extra_columns)
+    )
 
 
 def zip_file_name(job: JobPublic, product: str | None = None, *, folder: str | None = None) -> str:

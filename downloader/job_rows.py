@@ -17,11 +17,14 @@ class JobRows:
     fingerprint: str
     products: list[tuple[str, int]]  # (product number, image count), in input order
     images: int
-    # (product number, position, url, host, source row), in chunks (inputs.to_rows.ROWS_CHUNK)
-    image_chunks: Iterable[list[tuple[str, int, str, str, int]]]
+    # (product number, position, url, host, source row, extra), in chunks
+    # (inputs.to_rows.ROWS_CHUNK); extra: the row's other columns as JSON, or None
+    image_chunks: Iterable[list[tuple[str, int, str, str, int, str | None]]]
     # (row, reason, product, url) of each row left out, and of each duplicate
     rejected: list[tuple[int, str, str, str]] = field(default_factory=list)
     duplicates: list[tuple[int, str, str, str]] = field(default_factory=list)
+    # the input's other columns (display names, input order): image.extra's keys
+    extra_columns: list[str] = field(default_factory=list)
 
     def materialized(self) -> JobRows:
         """The same rows with every chunk made now (to send them to another process)."""

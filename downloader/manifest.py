@@ -53,6 +53,8 @@ class ManifestRow:
     key: str | None = None  # storage key; not written to the CSV
     crc32: int | None = None  # of the stored bytes, when known; not written to the CSV
     folder: str | None = None  # the product's folder (downloader.naming); not in the CSV
+    # the input's other columns' values, in the job's extra_columns order (after the others)
+    extra: tuple[str, ...] = ()
 
     def csv_values(self) -> list[object]:
         return [
@@ -70,12 +72,22 @@ class ManifestRow:
             self.attempts,
             self.error,
             self.duplicate_of,
+            *self.extra,
         ]
 
     @property
     def has_file(self) -> bool:
         """True if this row contributes a file entry to a ZIP."""
         return self.status == "done" and bool(self.key)
+
+
+def manifest_header(extra_columns: Sequence[str] = ()) -> list[str]:
+    """The manifest's columns: the standard ones, then the input's other columns as named in
+    the input (a name equal to a standard column gets " (input)" so that both stay readable)."""
+    taken = set(MANIFEST_COLUMNS)
+    return MANIFEST_COLUMNS + [
+        f"{name} (input)" if name in taken else name for name in extra_columns
+    ]
 
 
 def image_file_name(folder: str, position: int, ext: str) -> str:
@@ -118,6 +130,8 @@ def csv_rows_chunks(header: list[str], rows: Iterable[Sequence[object]]) -> Iter
         yield tail
 
 
-def manifest_csv_chunks(rows: Iterable[ManifestRow]) -> Iterator[bytes]:
-    """manifest.csv for `rows` (consumed once, lazily)."""
-    return csv_rows_chunks(MANIFEST_COLUMNS, (row.csv_values() for row in rows))
+def manifest_csv_chunks(
+    rows: Iterable[ManifestRow], header: Sequence[str] = MANIFEST_COLUMNS
+) -> Iterator[bytes]:
+    """manifest.csv for `rows` (consumed once, lazily); `header`: manifest_header(...)."""
+    return csv_rows_chunks(list(header), (row.csv_values() for row in rows))

@@ -16,6 +16,9 @@ from downloader.inputs import (
     sample_csv,
     sheet_names,
 )
+from downloader.job_options import DEFAULT_NAMING, JobOptions
+from downloader.naming import unique_folder_names
+from downloader.templates import TemplateError, check_template, column_field
 from downloader.ui_queries import GridParse, clean_grid_rows, grid_fingerprint, parse_grid
 from pages import _common as common
 from pages import _grid
@@ -240,15 +243,21 @@ def preview(parsed: ParsedInput, row_numbers: dict[int, int] | None) -> None:
     if parsed.images:
         with st.expander("The first rows as they will be queued", expanded=parsed.ambiguous):
             first = parsed.frame.head(8)
+            table = {
+                row_label: [shown_row(int(r)) for r in first["source_row"]],
+                "Product": first["product"],
+                "#": first["position"],
+                "Image URL": first["url"],
+            }
+            # Products come in order of first appearance: these are the job's first folders.
+            products = list(dict.fromkeys(first["product"].tolist()))
+            folders = dict(zip(products, unique_folder_names(products), strict=True))
+            if any(folder != product for product, folder in folders.items()):
+                table["Folder"] = [
+                    "" if folders[p] == p else folders[p] for p in first["product"].tolist()
+                ]
             st.dataframe(
-                pd.DataFrame(
-                    {
-                        row_label: [shown_row(int(r)) for r in first["source_row"]],
-                        "Product": first["product"],
-                        "#": first["position"],
-                        "Image URL": first["url"],
-                    }
-                ).pipe(common.redacted, "Image URL"),  # no credentials or tokens on screen
+                pd.DataFrame(table).pipe(common.redacted, "Image URL"),  # no credentials on screen
                 hide_index=True,
                 width="stretch",
             )
@@ -306,7 +315,51 @@ def request_headers() -> jobs.RequestHeaders | None:
             return None
 
 
-def queue(parsed: ParsedInput, name: str, source: str, headers: jobs.RequestHeaders | None) -> None:
+LAYOUT_LABELS = {"per-product": "A folder per product", "flat": "All files in one folder"}
+
+
+def output_options(parsed: ParsedInput | None) -> JobOptions | None:
+    """The "Output" section: the naming template and the ZIP layout (downloader.templates);
+    None (the reason shown) when the template cannot name this input's images."""
+    with st.expander("Output", icon=":material/folder_zip:"):
+        template = st.text_input(
+            "File names",
+            key="naming",
+            value=DEFAULT_NAMING,
+            max_chars=200,
+            help="`.{ext}` is added. Fields: `{product}` `{position}` `{original_name}` `{ext}` "
+            "`{sha8}` and each other column of your input as `{column_name}` (lower-case, "
+            "other characters as `_`: Variant Color → `{variant_color}`). Names that collide "
+            "get -2, -3 ….",
+        )
+        layout = st.radio(
+            "ZIP layout",
+            list(LAYOUT_LABELS),
+            format_func=LAYOUT_LABELS.__getitem__,
+            key="layout",
+            horizontal=True,
+        )
+        columns = parsed.extra_columns if parsed is not None else []
+        if columns:
+            st.caption(
+                "Your other columns: "
+                + ", ".join(f"`{{{column_field(name)}}}`" for name in columns)
+            )
+        try:
+            check_template(template, columns, layout)
+        except TemplateError as exc:
+            st.error(common.md_text(str(exc), 600), icon=":material/error:")
+            return None
+        return JobOptions(naming=template, layout=layout)
+
+
+def queue(
+    parsed: ParsedInput,
+    name: str,
+    source: str,
+    headers: jobs.RequestHeaders | None,
+    options: JobOptions | None = None,
+) -> None:
     who = common.session_id()
     try:
         jobs.check_rate_limit(services.db, who, settings.job_rate_limit_per_minute)
@@ -321,6 +374,7 @@ def queue(parsed: ParsedInput, name: str, source: str, headers: jobs.RequestHead
             source=source,
             created_by=who,
             request_headers=headers,
+            options=options,
         )
     if state.get("source", GRID) == GRID:
         _clear_grid()
@@ -368,7 +422,8 @@ default_name = (
 )
 name = st.text_input("Job name (optional)", key="job_name", max_chars=200, placeholder=default_name)
 headers = request_headers()
-can_queue = parsed is not None and parsed.images > 0 and headers is not None
+options = output_options(parsed)
+can_queue = parsed is not None and parsed.images > 0 and headers is not None and options is not None
 if st.button(
     "Analyze & Queue Downloads",
     type="primary",
@@ -377,4 +432,4 @@ if st.button(
     key="queue",
 ):
     assert parsed is not None
-    queue(parsed, name.strip() or default_name, described, headers)
+    queue(parsed, name.strip() or default_name, described, headers, options)

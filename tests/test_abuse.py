@@ -125,7 +125,7 @@ def test_an_invalid_allowed_private_networks_stops_the_program_at_start(
 def test_a_rejected_row_does_not_stop_duplicate_urls_from_being_removed() -> None:
     # Regression: a rejected row's URL used to hide a repeated URL from duplicate removal.
     parsed = parse_text(
-        "Product,URL\nA,http://h/a.jpg\nA,http://h/b.jpg\nA,http://h/b.jpg\nbad sku!,http://h/x.jpg\n"
+        "Product,URL\nA,http://h/a.jpg\nA,http://h/b.jpg\nA,http://h/b.jpg\nbad\x07sku,http://h/x.jpg\n"
     )
     assert list(parsed.frame["url"]) == ["http://h/a.jpg", "http://h/b.jpg"]
     assert [(r.row, r.reason) for r in parsed.duplicates] == [
@@ -203,7 +203,9 @@ def test_rejected_input_cells_that_look_like_formulas_are_neutralised(tmp_path: 
     services = in_process_services(tmp_path)
     hostile = ['=HYPERLINK("http://x")', "+1+1", "@SUM(A1)", "=cmd|' /C calc'!A0"]
     lines = ["Product Number\tImage URL"]
-    lines += [f"{cell}\thttp://127.0.0.2/img/{i}.jpg" for i, cell in enumerate(hostile)]
+    # Formula-like product numbers are valid ones (kept as typed, issue 23): these rows are
+    # rejected for their URL, and the rejected-rows CSV still shows the product cells safely.
+    lines += [f"{cell}\tnot-a-url-{i}" for i, cell in enumerate(hostile)]
     lines += [f'P{i}\t=IMAGE("http://x/{i}")' for i in range(1_001)]
     lines.append("OK-1\thttp://127.0.0.2/img/ok.jpg")
     job = jobs.create_job(services.db, parse_text("\n".join(lines), max_rows=2_000))

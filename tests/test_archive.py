@@ -257,13 +257,13 @@ def test_entry_names_are_sanitised(local: LocalStorage) -> None:
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         assert archive.namelist() == [
             "_up/passwd",
-            "SKU_7/SKU_7_1.jpg",
+            "SKU 7/SKU 7_1.jpg",  # a space is safe in a name (issue 23: any product number)
             "SKU-8/SKU-8_1.jpg",
             MANIFEST_NAME,
         ]
         assert [m["file"] for m in read_manifest(archive)] == [
             "passwd",
-            "SKU_7_1.jpg",
+            "SKU 7_1.jpg",
             "SKU-8_1.jpg",
         ]
     assert len(data) == zip_size(local, rows, folder_per_product=True)

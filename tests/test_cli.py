@@ -93,7 +93,7 @@ def test_run_status_zip_and_check_follow_the_contract(
         ("P1", s.url("/img/b.png", host=1)),
         ("P2", s.url("/status/404")),
     ]
-    src = write_input(tmp_path / "in.csv", [*rows, ("bad sku!", s.url("/img/c.jpg"))])
+    src = write_input(tmp_path / "in.csv", [*rows, ("X" * 129, s.url("/img/c.jpg"))])
 
     result = cli("run", str(src))
     assert result.returncode == 0, result.stderr

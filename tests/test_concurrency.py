@@ -146,7 +146,7 @@ def test_five_sessions_and_five_submits_at_the_same_moment_while_a_worker_downlo
         submit_plans = [plan_job(s, f"c{k}", 10 + 4 * k, failed=k + 1) for k in range(5)]
         sources = []
         for k, planned in enumerate(submit_plans):
-            extra = [planned.rows[-1], ("bad sku!", s.url("/img/never.jpg"))]
+            extra = [planned.rows[-1], ("X" * 129, s.url("/img/never.jpg"))]
             sources.append(write_input(tmp_path / f"submit{k}.csv", planned.rows + extra))
 
         def background_done() -> int:

@@ -33,7 +33,7 @@ def rows(parsed: ParsedInput) -> list[tuple[str, str, int, int]]:
 
 TABLE = [
     ["Product Number", "Image URL", "Notes"],
-    ["CAFÉ-1", f"{IMG}/café.jpg", "accent in the product: rejected"],
+    ["CAFÉ-1", f"{IMG}/café.jpg", "accent in the product: kept as typed"],
     ["EURO-2", f"{IMG}/€uro.jpg", "€ sign in the URL path"],
     ["PLAIN-3", f"{IMG}/plain.jpg", "naïve"],
 ]
@@ -46,13 +46,15 @@ def encoded(delimiter: str, encoding: str, newline: str = "\r\n") -> bytes:
 
 def check_table(parsed: ParsedInput) -> None:
     assert parsed.columns == ["Product Number", "Image URL", "Notes"]
+    # Any product number is kept exactly as typed (issue 23): the accent shows the decoding.
     assert rows(parsed) == [
+        ("CAFÉ-1", f"{IMG}/café.jpg", 1, 2),
         ("EURO-2", f"{IMG}/€uro.jpg", 1, 3),
         ("PLAIN-3", f"{IMG}/plain.jpg", 1, 4),
     ]
-    assert [(e.row, e.product, e.url) for e in parsed.rejected] == [
-        (2, "CAFÉ-1", f"{IMG}/café.jpg")
-    ]
+    assert parsed.rejected == []
+    assert parsed.extra_columns == ["Notes"]
+    assert parsed.extras is not None and parsed.extras["Notes"].tolist()[-1] == "naïve"
 
 
 @pytest.mark.parametrize(
@@ -162,15 +164,15 @@ def test_xlsx_first_sheet(xlsx_reader: str) -> None:
         ("12345", f"{IMG}/12345-a.jpg", 1, 2),
         ("12345", f"{IMG}/12345-b.jpg", 2, 3),
         ("A-7", f"{IMG}/a7.jpg", 1, 4),  # the formula's cached value
+        ("1.5", f"{IMG}/x.jpg", 1, 6),  # a number cell: its text, a valid product number
         ("C-9", f"{IMG}/c9.jpg", 1, 8),
         ("TRUE", f"{IMG}/bool.jpg", 1, 9),
     ]
     assert [(e.row, e.reason, e.product) for e in parsed.rejected] == [
-        (6, "Product number may only contain letters, digits, - and _", "1.5"),
         (7, "No image URL for this product", "B-8"),
     ]
     assert parsed.source_rows == 7  # rows 2-4 and 6-9; the empty row 5 and the note don't count
-    assert (parsed.products, parsed.images) == (4, 5)
+    assert (parsed.products, parsed.images) == (5, 6)
 
 
 def test_xlsx_sheet_by_name(xlsx_reader: str) -> None:

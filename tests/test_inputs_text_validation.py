@@ -8,21 +8,22 @@ from __future__ import annotations
 import pytest
 
 from downloader.inputs import InputError, parse_text, sample_csv
+from downloader.inputs.model import MAX_PRODUCT_CHARS
 from tests.support.parsed_input import IMG, reasons, rows
 
 # --- validation --------------------------------------------------------------------------------
 
 
 def test_every_rejection_reason_with_row_numbers() -> None:
-    long_product = "P" * 65
+    long_product = "P" * (MAX_PRODUCT_CHARS + 1)
     long_url = f"{IMG}/" + "a" * 2048
     text = (
         "Product Number,Image URL\n"
         f"GOOD-1,{IMG}/ok.jpg\n"  # 2
         f",{IMG}/no-product.jpg\n"  # 3
         f"{long_product},{IMG}/long-product.jpg\n"  # 4
-        f"bad sku,{IMG}/space.jpg\n"  # 5
-        f"bad/sku,{IMG}/slash.jpg\n"  # 6
+        f"AB/12.5 x,{IMG}/space.jpg\n"  # 5: valid (any product number, issue 23)
+        f"bad\x01sku,{IMG}/control.jpg\n"  # 6: a control character
         "GOOD-2,ftp://files.example.invalid/x.jpg\n"  # 7
         "GOOD-3,images.example.invalid/no-scheme.jpg\n"  # 8
         "GOOD-4,https://\n"  # 9
@@ -37,9 +38,8 @@ def test_every_rejection_reason_with_row_numbers() -> None:
     parsed = parse_text(text)
     assert reasons(parsed.rejected) == [
         (3, "Product number is empty"),
-        (4, "Product number is longer than 64 characters"),
-        (5, "Product number may only contain letters, digits, - and _"),
-        (6, "Product number may only contain letters, digits, - and _"),
+        (4, f"Product number is longer than {MAX_PRODUCT_CHARS} characters"),
+        (6, "Product number contains control characters (tabs, line breaks …)"),
         (7, "URL must start with http:// or https://"),
         (8, "URL must start with http:// or https://"),
         (9, "URL has no valid host name"),
@@ -48,16 +48,16 @@ def test_every_rejection_reason_with_row_numbers() -> None:
         (12, "URL has no valid host name"),
         (15, "URL contains spaces or control characters"),
     ]
-    assert [r[0] for r in rows(parsed)] == ["GOOD-1", "GOOD-8", "GOOD-9", "GOOD-11"]
+    assert [r[0] for r in rows(parsed)] == ["GOOD-1", "AB/12.5 x", "GOOD-8", "GOOD-9", "GOOD-11"]
     by_row = {entry.row: entry for entry in parsed.rejected}
     assert by_row[4].product == long_product
     assert by_row[10].url == long_url[:200]  # raw text kept, cut to 200 characters
-    assert by_row[5].url == f"{IMG}/space.jpg"
+    assert by_row[6].url == f"{IMG}/control.jpg"
     assert by_row[11].url == ""
 
 
-def test_product_of_exactly_64_characters_and_url_of_exactly_2048_are_valid() -> None:
-    product = "A" * 64
+def test_product_of_the_longest_length_and_url_of_exactly_2048_are_valid() -> None:
+    product = "Ä" * MAX_PRODUCT_CHARS
     url = f"{IMG}/" + "b" * (2048 - len(IMG) - 1)
     assert len(url) == 2048
     parsed = parse_text(f"SKU,Image URL\n{product},{url}\n")
@@ -129,12 +129,12 @@ def test_products_are_case_sensitive() -> None:
 
 
 def test_all_rows_rejected_still_returns_the_report() -> None:
-    parsed = parse_text("SKU,Image URL\nbad sku,https://x.example.invalid/a.jpg\n")
+    parsed = parse_text("SKU,Image URL\nbad\x7fsku,https://x.example.invalid/a.jpg\n")
     assert parsed.frame.empty
     assert list(parsed.frame.columns) == ["product", "url", "position", "source_row"]
     assert (parsed.products, parsed.images) == (0, 0)
     assert reasons(parsed.rejected) == [
-        (2, "Product number may only contain letters, digits, - and _")
+        (2, "Product number contains control characters (tabs, line breaks …)")
     ]
 
 

@@ -11,7 +11,15 @@ import pandas as pd
 from . import workbook
 from .columns import SAMPLE_ROWS, Layout, apply_override, detect
 from .decoding import display_name, sniff_kind, text_to_utf8, to_utf8
-from .model import BLANK_CLASS, BLANKS, MAX_CELL_CHARS, InputError, ParsedInput
+from .model import (
+    BLANK_CLASS,
+    BLANKS,
+    MAX_CELL_CHARS,
+    MAX_EXTRA_CHARS,
+    MAX_EXTRA_COLUMNS,
+    InputError,
+    ParsedInput,
+)
 from .tabular import read_text_table
 from .validate import check
 
@@ -143,7 +151,9 @@ def _parse(
         raise InputError(f"{name} is empty.")
     _check_cell_sizes(raw, positions)
     layout = apply_override(detect(_sample(raw, positions), positions), product_column, url_column)
-    data = _used_columns(raw, layout)
+    used = {layout.product, *layout.url_positions}
+    extra_positions = [pos for pos in positions if pos not in used][:MAX_EXTRA_COLUMNS]
+    data = _used_columns(raw, layout, extra_positions)
     del raw
     if len(data) > limit:
         raise _too_many(f"{len(data):,}", limit)
@@ -151,6 +161,13 @@ def _parse(
         raise InputError(f"{name} has a header row but no data rows.")
     source_rows = len(data)
     url_names = [f"url{offset}" for offset in range(len(layout.url_positions))]
+    extra_names = [f"extra{offset}" for offset in range(len(extra_positions))]
+    extras = None
+    if extra_names:
+        extras = data[extra_names].set_axis(
+            [layout.names[pos] for pos in extra_positions], axis="columns"
+        )
+        data = data.drop(columns=extra_names)
     checked = check(data, url_names)
     del data
     if len(checked.frame) > limit:
@@ -169,6 +186,8 @@ def _parse(
         ambiguous=layout.ambiguous,
         source_rows=source_rows,
         header=layout.header_row is not None,
+        extra_columns=[layout.names[pos] for pos in extra_positions],
+        extras=extras,
     )
 
 
@@ -225,8 +244,11 @@ def _strip(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.apply(lambda column: column.str.strip(BLANKS))
 
 
-def _used_columns(raw: pd.DataFrame, layout: Layout) -> pd.DataFrame:
-    """Product and URL columns of the data rows, stripped, blank rows dropped."""
+def _used_columns(
+    raw: pd.DataFrame, layout: Layout, extra_positions: list[int] | None = None
+) -> pd.DataFrame:
+    """Product and URL columns of the data rows, stripped, blank rows dropped; and the
+    `extra_positions` columns (stripped, cut to MAX_EXTRA_CHARS) as extra0, extra1 …"""
     body = raw
     if layout.header_row is not None:
         body = raw.iloc[int(raw.index.searchsorted(layout.header_row, side="right")) :]
@@ -242,4 +264,6 @@ def _used_columns(raw: pd.DataFrame, layout: Layout) -> pd.DataFrame:
     filled = np.zeros(len(data), dtype=bool)
     for column in data.columns:
         filled |= (data[column] != "").to_numpy(dtype=bool)
+    for offset, pos in enumerate(extra_positions or []):
+        data[f"extra{offset}"] = body[pos].str.strip(BLANKS).str.slice(0, MAX_EXTRA_CHARS).array
     return data if filled.all() else data[filled]

@@ -10,6 +10,7 @@ beside `run`).
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 
 import pandas as pd
@@ -32,9 +33,10 @@ def job_rows(parsed: ParsedInput, fingerprint: str | None = None) -> JobRows:
         fingerprint=fingerprint or input_fingerprint(parsed),
         products=products,
         images=len(frame),
-        image_chunks=_image_chunks(frame),
+        image_chunks=_image_chunks(frame, parsed.extras),
         rejected=[_as_tuple(r) for r in parsed.rejected],
         duplicates=[_as_tuple(r) for r in parsed.duplicates],
+        extra_columns=list(parsed.extra_columns),
     )
 
 
@@ -54,19 +56,35 @@ def input_fingerprint(parsed: ParsedInput) -> str:
     return digest.hexdigest()
 
 
-def _image_chunks(frame: pd.DataFrame) -> Iterator[list[tuple[str, int, str, str, int]]]:
+def _image_chunks(
+    frame: pd.DataFrame, extras: pd.DataFrame | None
+) -> Iterator[list[tuple[str, int, str, str, int, str | None]]]:
     for first in range(0, len(frame), ROWS_CHUNK):
         chunk = frame.iloc[first : first + ROWS_CHUNK]
+        rows = chunk["source_row"].astype("int64").tolist()
         yield list(
             zip(
                 chunk["product"].tolist(),
                 chunk["position"].astype("int64").tolist(),
                 chunk["url"].tolist(),
                 _hosts(chunk["url"]),
-                chunk["source_row"].astype("int64").tolist(),
+                rows,
+                _extras(extras, rows),
                 strict=True,
             )
         )
+
+
+def _extras(extras: pd.DataFrame | None, rows: list[int]) -> list[str | None]:
+    """Each source row's other columns as a JSON object (blank cells left out), or None."""
+    if extras is None:
+        return [None] * len(rows)
+    names = list(extras.columns)
+    found: list[str | None] = []
+    for values in extras.loc[rows].itertuples(index=False, name=None):
+        cells = {name: value for name, value in zip(names, values, strict=True) if value}
+        found.append(json.dumps(cells, ensure_ascii=False) if cells else None)
+    return found
 
 
 def _hosts(urls: pd.Series) -> list[str]:

@@ -17,7 +17,7 @@ from .model import MAX_PRODUCT_CHARS, MAX_URL_CHARS, RejectedRow, shown
 
 PRODUCT_EMPTY = "Product number is empty"
 PRODUCT_TOO_LONG = f"Product number is longer than {MAX_PRODUCT_CHARS} characters"
-PRODUCT_BAD_CHARS = "Product number may only contain letters, digits, - and _"
+PRODUCT_BAD_CHARS = "Product number contains control characters (tabs, line breaks …)"
 NO_URL = "No image URL for this product"
 URL_TOO_LONG = f"URL is longer than {MAX_URL_CHARS} characters"
 URL_BAD_SCHEME = "URL must start with http:// or https://"
@@ -26,7 +26,9 @@ URL_BAD_CHARS = "URL contains spaces or control characters"
 
 # Written for RE2 as well as Python's re (no \s, no $, no lookaround), so that pandas hands
 # them to pyarrow. str.match anchors at the start; \Z is the end of the text.
-_PRODUCT_OK = rf"[A-Za-z0-9_-]{{1,{MAX_PRODUCT_CHARS}}}\Z"
+# Any text but control characters (C0, DEL, C1, line/paragraph separators): a product number
+# is kept exactly as typed; file and folder names are derived from it (downloader.naming).
+_PRODUCT_OK = r"[^\x00-\x1f\x7f-\x9f" + "\u2028\u2029" + rf"]{{1,{MAX_PRODUCT_CHARS}}}\Z"
 _SCHEME = r"[Hh][Tt][Tt][Pp][Ss]?://"
 _AUTHORITY = (
     _SCHEME
@@ -37,7 +39,6 @@ _AUTHORITY = (
 _URL_OK = _AUTHORITY + r"(?:[/?#][^\x00-\x20\x7f]*)?\Z"
 _HOST_RE = re.compile(_AUTHORITY + r"(?:[/?#]|\Z)")
 _SCHEME_RE = re.compile(_SCHEME)
-_PRODUCT_RE = re.compile(r"[A-Za-z0-9_-]+\Z")
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Checked:
 
 
 def product_ok(products: pd.Series) -> np.ndarray:
-    """Mask of usable product numbers (1-64 letters, digits, dash, underscore)."""
+    """Mask of usable product numbers (1 to MAX_PRODUCT_CHARS characters, no control characters)."""
     return products.str.match(_PRODUCT_OK).to_numpy(dtype=bool)
 
 

@@ -10,6 +10,7 @@ from sqlmodel import Session
 
 from downloader.db import Database, placeholder
 from downloader.errors import RateLimited
+from downloader.job_options import JobOptions
 from downloader.models import JOB, PRODUCT, REJECTED_ROW, ImageStatus, Job, JobPublic, JobStatus
 from downloader.naming import unique_folder_names
 from downloader.request_headers import RequestHeaders, to_json
@@ -50,6 +51,7 @@ def create_job(
     created_by: str = "",
     fingerprint: str | None = None,
     request_headers: RequestHeaders | None = None,
+    options: JobOptions | None = None,
 ) -> JobPublic:
     """Queue every valid row of `parsed` as one job, in bulk inserts (`fingerprint`: its
     input_fingerprint, when the caller has it already; `request_headers`: the job's own,
@@ -63,6 +65,7 @@ def create_job(
         source=source,
         created_by=created_by,
         request_headers=request_headers,
+        options=options,
     )
 
 
@@ -74,9 +77,20 @@ def insert_job(
     source: str = "",
     created_by: str = "",
     request_headers: RequestHeaders | None = None,
+    options: JobOptions | None = None,
 ) -> JobPublic:
     """Queue `rows` as one job, in bulk inserts. Consumes `rows`: its image chunks are read
-    once, and its product list is emptied once written (peak memory at a million rows)."""
+    once, and its product list is emptied once written (peak memory at a million rows).
+
+    `options`: the job's output options (downloader.job_options); its naming template is
+    checked against the input's columns first (TemplateError, nothing written), and the
+    input's other column names are kept with them (`extra_columns`)."""
+    from dataclasses import replace
+
+    from downloader.templates import check_template
+
+    options = replace(options or JobOptions(), extra_columns=list(rows.extra_columns))
+    check_template(options.naming, options.extra_columns, options.layout)
     job = Job(
         name=name[:200],
         source=source[:300],
@@ -87,6 +101,7 @@ def insert_job(
         duplicates_removed=len(rows.duplicates),
         input_sha256=rows.fingerprint,
         request_headers=to_json(request_headers) if request_headers else None,
+        options=None if options.is_default else options.to_json(),
     )
     if not rows.images:
         job.status = JobStatus.COMPLETED
@@ -132,15 +147,17 @@ def _insert_products_and_images(session: Session, job_id: str, rows: JobRows) ->
         conn.execute(select(PRODUCT.c.number, PRODUCT.c.id).where(PRODUCT.c.job_id == job_id)).all()
     )
 
-    columns = "job_id, product_id, position, url, host, source_row, status, attempts, updated_at"
-    image_sql = f"INSERT INTO image ({columns}) VALUES ({', '.join([mark] * 9)})"
+    columns = (
+        "job_id, product_id, position, url, host, source_row, status, attempts, updated_at, extra"
+    )
+    image_sql = f"INSERT INTO image ({columns}) VALUES ({', '.join([mark] * 10)})"
     queued, now = ImageStatus.QUEUED.value, time.time()
     for chunk in rows.image_chunks:
         conn.exec_driver_sql(
             image_sql,
             [
-                (job_id, ids[product], pos, url, host, row, queued, 0, now)
-                for product, pos, url, host, row in chunk
+                (job_id, ids[product], pos, url, host, row, queued, 0, now, extra)
+                for product, pos, url, host, row, extra in chunk
             ],
         )
 

@@ -65,7 +65,7 @@ def finished_job(services: Services, image_server: ImageServer) -> str:  # noqa:
         f"AB-1\t{s.url('/img/ab2.png', host=1)}",
         f"CD_2\t{s.url('/img/cd1.webp', host=2)}",
         f"CD_2\t{s.url('/status/404')}",
-        "bad sku!\thttp://example.invalid/x.jpg",
+        "X" * 129 + "\thttp://example.invalid/x.jpg",  # product number too long: rejected
     ]
     return run_job(services, "\r\n".join(rows), name="Spring catalogue")
 

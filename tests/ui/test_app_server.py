@@ -120,9 +120,9 @@ def test_rejected_rows_csv_export(client: TestClient, finished_job: str) -> None
     assert f"job-{finished_job}-rejected.csv" in response.headers["content-disposition"]
     rows = list(csv.DictReader(io.StringIO(response.content.decode("utf-8-sig"))))
     assert [(r["kind"], r["product"], r["url"]) for r in rows] == [
-        ("rejected", "bad sku!", "http://example.invalid/x.jpg")
+        ("rejected", "X" * 129, "http://example.invalid/x.jpg")
     ]
-    assert rows[0]["reason"].startswith("Product number may only contain")
+    assert rows[0]["reason"].startswith("Product number is longer than")
 
 
 def test_unknown_job_is_a_404(client: TestClient) -> None:

@@ -271,7 +271,9 @@ def test_paste_without_header_into_a_filled_grid_then_edit_and_delete(
     # paste more rows (no header, CRLF) below the filled ones: they are appended
     paste(
         page,
-        "B-2\thttps://img.example.invalid/3.jpg\r\nbad sku!\thttps://img.example.invalid/4.jpg\r\n",
+        "B-2\thttps://img.example.invalid/3.jpg\r\n"
+        + "X" * 129  # a product number too long: rejected
+        + "\thttps://img.example.invalid/4.jpg\r\n",
         row=2,
     )
     expect(metric(page, "Rejected rows")).to_have_text("1", timeout=30_000)

@@ -23,7 +23,7 @@ TSV = (
     "AB-1\thttps://img.example.invalid/b.jpg\r\n"
     "AB-1\thttps://img.example.invalid/a.jpg\r\n"  # duplicate URL within a product
     "CD_2\thttps://img.example.invalid/c.jpg\r\n"
-    "bad sku!\thttps://img.example.invalid/d.jpg\r\n"
+    "bad\x07sku\thttps://img.example.invalid/d.jpg\r\n"  # a control character: rejected
     "EF-3\tftp://img.example.invalid/e.jpg\r\n"
 )
 

@@ -45,7 +45,7 @@ def test_parse_grid_maps_reasons_to_cells_and_rows() -> None:
     rows = [
         (0, "r0", "AB-1", "https://x.example.invalid/1.jpg"),
         (1, "r1", "AB-1", "https://x.example.invalid/1.jpg"),  # duplicate URL
-        (2, "r2", "bad sku!", "https://x.example.invalid/2.jpg"),
+        (2, "r2", "bad\x07sku", "https://x.example.invalid/2.jpg"),  # a control character
         (4, "r4", "CD-2", "ftp://x.example.invalid/3.jpg"),
         (5, "r5", "EF-3", "https://x.example.invalid/4.jpg https://x.example.invalid/5.jpg"),
     ]
