@@ -22,6 +22,8 @@ from downloader import queue, retention, worker_registry
 from downloader.db import Database
 from downloader.fetch import Fetcher, FetchOutcome
 from downloader.fetch.limits import scaled
+from downloader.fetch.sniff import CONTENT_TYPES as SNIFFED_CONTENT_TYPES
+from downloader.fetch.structure import Details
 from downloader.job_headers import JobHeaderCache
 from downloader.leases import LeaseBook
 from downloader.models import ImageStatus
@@ -38,13 +40,7 @@ log = redact_logger(logging.getLogger(__name__))  # its lines can name URLs
 FLUSH_INTERVAL = 0.25  # seconds between result batches
 FLUSH_SIZE = 500  # results that trigger an early batch
 UNTIL_IDLE_POLL = 0.1  # seconds between looks at a job's last images held by other engines
-CONTENT_TYPES = {
-    "jpg": "image/jpeg",
-    "png": "image/png",
-    "webp": "image/webp",
-    "avif": "image/avif",
-    "gif": "image/gif",
-}
+CONTENT_TYPES = SNIFFED_CONTENT_TYPES  # every accepted format's media type
 SHARE_REFRESH = 1.0  # seconds between re-reads of the live engine list (politeness shares)
 JOIN_WAIT = 2 * SHARE_REFRESH + 0.5  # a joining engine waits for the others to shrink first
 # Claimed images beyond the download slots (the prefetch, see _compute_capacity): what the
@@ -372,6 +368,7 @@ class Engine:
             if output.path is not None:
                 output.path.unlink(missing_ok=True)
             raise
+        details = outcome.details or Details()
         return Result(
             image_id=item.image_id,
             status=ImageStatus.DONE,
@@ -384,6 +381,11 @@ class Engine:
             width=outcome.width,
             height=outcome.height,
             storage_key=key,
+            color_mode=details.color_mode,
+            has_alpha=details.has_alpha,
+            frames=details.frames,
+            icc_profile=details.icc_profile,
+            orientation=details.orientation,
             output_format=output.output_format,
             output_bytes=output.output_bytes,
             output_width=output.output_width,

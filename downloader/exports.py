@@ -58,6 +58,11 @@ def _raw_rows(db: Database, job_id: str, *, product: str | None) -> Iterator[Raw
             original.c.position,
             IMAGE.c.extra,
             IMAGE.c.output_format,
+            IMAGE.c.color_mode,
+            IMAGE.c.has_alpha,
+            IMAGE.c.frames,
+            IMAGE.c.icc_profile,
+            IMAGE.c.orientation,
         )
         .join(PRODUCT, PRODUCT.c.id == IMAGE.c.product_id)
         .outerjoin(original, original.c.id == IMAGE.c.duplicate_of_id)
@@ -89,6 +94,7 @@ def _raw_rows(db: Database, job_id: str, *, product: str | None) -> Iterator[Raw
         dup_pos,
         extra,
         output_format,
+        *details,
     ) in image_rows_in_order(db, query):
         folder = folder or folder_name(number)  # None: a product stored without one
         row = ManifestRow(
@@ -108,6 +114,8 @@ def _raw_rows(db: Database, job_id: str, *, product: str | None) -> Iterator[Raw
             crc32=crc,
             folder=folder,
         )
+        if status == ImageStatus.DONE:
+            row.color_mode, row.alpha, row.frames, row.icc_profile, row.orientation = details
         # the file's extension: the converted output's format when the job converts
         ext = (output_format or fmt) if status == ImageStatus.DONE else None
         yield row, ext, extra, dup_pos

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from downloader.csvsafe import excel_safe
 
 MANIFEST_NAME = "manifest.csv"
+IMAGE_DETAIL_COLUMNS = ("color_mode", "alpha", "frames", "icc_profile", "orientation")
 MANIFEST_COLUMNS = [
     "product",
     "position",
@@ -28,6 +29,9 @@ MANIFEST_COLUMNS = [
     "attempts",
     "error",
     "duplicate_of",
+    # what the whole-file check read (downloader.fetch.structure): Pillow's mode name, alpha,
+    # frames or pages, the ICC profile's description, the EXIF orientation (1-8)
+    *IMAGE_DETAIL_COLUMNS,
 ]
 CSV_CHUNK_SIZE = 64 * 1024  # CSV text is handed out in pieces of about this size
 
@@ -53,6 +57,11 @@ class ManifestRow:
     key: str | None = None  # storage key; not written to the CSV
     crc32: int | None = None  # of the stored bytes, when known; not written to the CSV
     folder: str | None = None  # the product's folder (downloader.naming); not in the CSV
+    color_mode: str | None = None
+    alpha: bool | None = None
+    frames: int | None = None
+    icc_profile: str | None = None
+    orientation: int | None = None
     # the input's other columns' values, in the job's extra_columns order (after the others)
     extra: tuple[str, ...] = ()
 
@@ -72,6 +81,11 @@ class ManifestRow:
             self.attempts,
             self.error,
             self.duplicate_of,
+            self.color_mode,
+            None if self.alpha is None else ("yes" if self.alpha else "no"),
+            self.frames,
+            self.icc_profile,
+            self.orientation,
             *self.extra,
         ]
 

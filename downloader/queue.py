@@ -54,6 +54,12 @@ class Result:
     width: int | None = None
     height: int | None = None
     storage_key: str | None = None
+    # what the whole-file check read (downloader.fetch.structure.Details)
+    color_mode: str | None = None
+    has_alpha: bool | None = None
+    frames: int | None = None
+    icc_profile: str | None = None
+    orientation: int | None = None
     # the converted output beside the original (downloader.outputs), and check warnings
     output_format: str | None = None
     output_bytes: int | None = None
@@ -104,6 +110,11 @@ _RESULT_COLUMNS = (
     "width",
     "height",
     "storage_key",
+    "color_mode",
+    "has_alpha",
+    "frames",
+    "icc_profile",
+    "orientation",
     "output_format",
     "output_bytes",
     "output_width",

@@ -6,7 +6,6 @@ Invalid values fail at start with a message naming the setting (see `load_settin
 from __future__ import annotations
 
 import ipaddress
-import re
 from functools import lru_cache
 from typing import Annotated, Literal
 
@@ -18,6 +17,8 @@ from downloader.hosts import compile_host_patterns
 from downloader.redact import redact_url
 
 CsvList = Annotated[list[str], NoDecode]
+#: Every image format the engine can keep, by extension (downloader.fetch.sniff.FORMATS).
+IMAGE_FORMATS = ("jpg", "png", "webp", "avif", "gif", "tif", "bmp", "heic", "jxl")
 
 
 class SettingsError(UserError, ValueError):
@@ -47,6 +48,13 @@ class Settings(BaseSettings):
     accept_any_format: bool = Field(
         False, description="advertise AVIF/WebP in Accept (CDNs may then convert the original)"
     )
+    accepted_formats: CsvList = Field(
+        default_factory=lambda: list(IMAGE_FORMATS),
+        description="image formats kept (extensions: jpg,png,gif,webp,avif,tif,bmp,heic,jxl)",
+    )
+    verify_images: Literal["structure", "full"] = Field(
+        "structure", description="structure = walk every file to its end; full = also decode"
+    )
 
     # Company networks (docs/network.md): the usual variables, upper- or lower-case
     http_proxy: str | None = None
@@ -74,28 +82,9 @@ class Settings(BaseSettings):
     url_denylist: CsvList = Field(default_factory=list)
     max_rows_per_job: int = Field(1_000_000, ge=1)
     max_upload_mb: int = Field(200, ge=1)
-    job_rate_limit_per_minute: int = Field(10, ge=0, description="jobs per person; 0 = unlimited")
+    job_rate_limit_per_minute: int = Field(10, ge=0, description="jobs per session; 0 = unlimited")
     download_stall_timeout: float = Field(
         60, gt=0, description="seconds a download client may stop reading before it is cut off"
-    )
-
-    # Identity (docs/identity.md): single user, st.login (OIDC) or an SSO proxy's header
-    trusted_user_header: str | None = Field(
-        None, description="request header with the signed-in e-mail, set by an SSO proxy"
-    )
-    admin_users: CsvList = Field(
-        default_factory=list, description="e-mails that see and control every job"
-    )
-    max_active_jobs_per_user: int = Field(
-        10, ge=0, description="queued + running jobs per person; 0 = unlimited"
-    )
-    download_link_secret: str | None = Field(
-        None,
-        min_length=32,
-        description="HMAC key of signed download links; unset = generated next to MEDIA_ROOT",
-    )
-    download_link_ttl: int = Field(
-        3600, ge=60, le=7 * 86400, description="seconds a signed download link stays valid"
     )
 
     # Workers
@@ -107,14 +96,31 @@ class Settings(BaseSettings):
         0, ge=0, le=64, description="engine processes for `run`; 0 = one per CPU core"
     )
 
-    @field_validator(
-        "allowed_private_networks", "url_allowlist", "url_denylist", "admin_users", mode="before"
-    )
+    @field_validator("allowed_private_networks", "url_allowlist", "url_denylist", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("accepted_formats", mode="before")
+    @classmethod
+    def _split_formats(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip().lower().lstrip(".") for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("accepted_formats")
+    @classmethod
+    def _check_formats(cls, value: list[str]) -> list[str]:
+        aliases = {"jpeg": "jpg", "tiff": "tif", "heif": "heic"}
+        value = [aliases.get(fmt, fmt) for fmt in value]
+        unknown = [fmt for fmt in value if fmt not in IMAGE_FORMATS]
+        if unknown or not value:
+            raise ValueError(
+                f"{', '.join(unknown) or 'nothing'} is not one of {', '.join(IMAGE_FORMATS)}"
+            )
+        return [fmt for fmt in IMAGE_FORMATS if fmt in value]  # one order, no repeats
 
     @field_validator("allowed_private_networks")
     @classmethod
@@ -139,27 +145,6 @@ class Settings(BaseSettings):
         # http:// and https:// proxies (a bare host:port is http://); others stop the start.
         if value and "://" in value and value.split("://", 1)[0].lower() not in ("http", "https"):
             raise ValueError("only http:// and https:// proxies are supported")
-        return value
-
-    @field_validator("download_link_secret", mode="before")
-    @classmethod
-    def _blank_is_unset(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("admin_users")
-    @classmethod
-    def _lower_emails(cls, value: list[str]) -> list[str]:
-        return [email.lower() for email in value]
-
-    @field_validator("trusted_user_header")
-    @classmethod
-    def _check_header_name(cls, value: str | None) -> str | None:
-        # An HTTP field name (RFC 9110 token), e.g. X-Forwarded-Email; blank = unset.
-        value = (value or "").strip()
-        if not value:
-            return None
-        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}", value):
-            raise ValueError(f"{value[:100]!r} is not an HTTP header name")
         return value
 
     @property

@@ -16,6 +16,7 @@ import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from downloader.db import Database
 from downloader.inputs import ParsedInput, parse_text
@@ -157,6 +158,7 @@ def thumbnail(storage: Storage, key: str, max_px: int = 320) -> bytes:
             img.draft("RGB", (max_px, max_px))  # cheap JPEG downscale while decoding
             img.thumbnail((max_px, max_px))  # decodes the current (first) frame only
             frame = ImageOps.exif_transpose(img) or img  # on the small image: no big copy
+            frame = _to_display(frame, img.info.get("icc_profile"))
             out = io.BytesIO()
             if frame.mode in ("RGBA", "LA", "P", "PA"):
                 frame.convert("RGBA").save(out, format="PNG", optimize=False)
@@ -165,6 +167,25 @@ def thumbnail(storage: Storage, key: str, max_px: int = 320) -> bytes:
             return out.getvalue()
     except Exception:  # Pillow raises many types for a file it cannot decode
         return _placeholder(max_px, "no preview")
+
+
+def _to_display(image: Any, icc: bytes | None) -> Any:
+    """`image` in a mode a browser shows as intended: CMYK (and other profiled images) through
+    the embedded ICC profile to sRGB, 16-bit greyscale scaled to 8 bits."""
+    from PIL import ImageCms
+
+    if icc and image.mode in ("CMYK", "RGB", "L"):
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            target = ImageCms.createProfile("sRGB")
+            output = "RGB" if image.mode != "L" else "L"
+            converted = ImageCms.profileToProfile(image, source, target, outputMode=output)
+            return converted or image
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            pass  # a damaged profile: Pillow's own conversion below
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        return image.convert("I").point(lambda value: value / 256).convert("L")
+    return image
 
 
 @functools.cache

@@ -118,6 +118,8 @@ def test_product_zip(storage: Storage) -> None:
         "attempts": "1",
         "error": "",
         "duplicate_of": "",
+        # no details read (issue 26)
+        **dict.fromkeys(["color_mode", "alpha", "frames", "icc_profile", "orientation"], ""),
     }
     assert len(data) == zip_size(storage, rows, folder_per_product=False)
 

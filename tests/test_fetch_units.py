@@ -281,8 +281,9 @@ def test_sniff_avif_by_compatible_brand() -> None:
     head = struct.pack(">I", 28) + b"ftypmif1" + b"\x00\x00\x00\x00" + b"mif1miafavif"
     assert sniff_format(head) == "avif"
     heic = struct.pack(">I", 24) + b"ftypheic" + b"\x00\x00\x00\x00" + b"mif1heic"
-    assert sniff_format(heic) is None
-    assert "HEIC" in describe_non_image(heic)
+    assert sniff_format(heic) == "heic"  # HEIF is accepted too (issue 26)
+    mp4 = struct.pack(">I", 24) + b"ftypisom" + b"\x00\x00\x00\x00" + b"isomavc1"
+    assert sniff_format(mp4) is None and "ISO media" in describe_non_image(mp4)
 
 
 @pytest.mark.parametrize(

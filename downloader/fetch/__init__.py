@@ -7,8 +7,10 @@ keep-alive, errors mapped once to httpx's types; httpx's API for other callers),
 HTTPS_PROXY, NO_PROXY), trust (TLS_TRUST, SSL_CERT_FILE, SSL_CERT_DIR), limits (slots, pacer,
 circuit breaker, the bounded DNS cache), retry (policy, backoff, Retry-After), body (reading,
 decoding gzip/deflate/br/zstd in bounded steps, hashing and spooling a response body), sniff
-and frames (type and dimensions from the bytes), tempfiles (the ``.part`` files and their
-clean-up) and outcomes (FetchOutcome, FetchStats, failures and their wording).
+and frames (type and dimensions from the bytes), structure and structure_more (the whole-file
+check), verify (the check a finished body goes through; VERIFY_IMAGES=full decodes in a process
+pool), metadata (ICC description, EXIF orientation, bounded inflation), tempfiles (the ``.part``
+files and their clean-up) and outcomes (FetchOutcome, FetchStats, failures and their wording).
 How it behaves on company networks: docs/network.md.
 """
 
@@ -27,6 +29,8 @@ ERROR_CODES = (
     "bad_url",
     "circuit_open",
     "decompression_bomb",
+    "truncated_image",
+    "corrupt_image",
     "bad_encoding",
     "bad_response",
     "internal_error",

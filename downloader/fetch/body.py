@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import anyio
 import brotli
 import httpx
 import zstandard
@@ -38,9 +37,10 @@ from downloader.fetch.outcomes import (
     format_mb,
     format_seconds,
 )
-from downloader.fetch.sniff import HEAD_BYTES, SniffError, check_magic, image_info
+from downloader.fetch.sniff import HEAD_BYTES, SniffError, check_magic
 from downloader.fetch.tempfiles import create_temp_file
 from downloader.fetch.transport_errors import BadResponse, TruncatedBody
+from downloader.fetch.verify import ImageCheck
 from downloader.storage.base import write_all
 
 DECODE_STEP = 256 * 1024  # most decoded bytes produced per zlib call
@@ -158,9 +158,18 @@ class _Decoder:
 class BodyReceiver:
     """Reads response bodies for one `Fetcher`: its size limit, read timeout, stats, temp dir."""
 
-    __slots__ = ("limit", "pid", "read_timeout", "stats", "temp_dir")
+    __slots__ = ("image_check", "limit", "pid", "read_timeout", "stats", "temp_dir")
 
-    def __init__(self, *, limit: int, read_timeout: float, stats: FetchStats, temp_dir: Path):
+    def __init__(
+        self,
+        *,
+        limit: int,
+        read_timeout: float,
+        stats: FetchStats,
+        temp_dir: Path,
+        image_check: ImageCheck | None = None,
+    ):
+        self.image_check = image_check or ImageCheck()  # formats, whole-file check, decode
         self.limit = limit
         self.read_timeout = read_timeout  # only for the wording of the timeout message
         self.stats = stats
@@ -294,16 +303,16 @@ class BodyReceiver:
             try:
                 if whole is not None:
                     # Handed over as bytes, for Storage.put_bytes.
-                    info = image_info(None, whole[:HEAD_BYTES], whole)
+                    info = await self.image_check.check(None, head, whole)
                 else:
                     if pending:
                         write_all(fd, b"".join(pending))
                     pending = []
                     os.close(fd)
                     fd = -1
-                    # Checking every frame reads the whole file: a big one is walked in a
+                    # The whole-file check reads the whole file: a big one is walked in a
                     # worker thread, so the event loop (every other download) never waits.
-                    info = await anyio.to_thread.run_sync(image_info, path, head, None)
+                    info = await self.image_check.check(path, head, None)
             except SniffError as exc:
                 return Failure(exc.code, exc.message, status=status)
             keep = True
@@ -319,6 +328,7 @@ class BodyReceiver:
                 format=info.format,
                 width=info.width,
                 height=info.height,
+                details=info.details,
                 final_url=str(url),
             )
         finally:

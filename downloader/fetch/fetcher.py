@@ -54,6 +54,7 @@ from downloader.fetch.outcomes import (
 from downloader.fetch.retry import RetryPolicy, is_retryable_status, parse_retry_after
 from downloader.fetch.tempfiles import TEMP_SUFFIX
 from downloader.fetch.transport_errors import BadResponse, BlockedAddress, ProxyRefused, TLSError
+from downloader.fetch.verify import ImageCheck
 from downloader.guard import Guard
 from downloader.redact import redact_logger
 
@@ -131,6 +132,7 @@ class Fetcher:
             read_timeout=settings.http_read_timeout,
             stats=self.stats,
             temp_dir=self.temp_dir,
+            image_check=ImageCheck(tuple(settings.accepted_formats), settings.verify_images),
         )
         self.policy = RetryPolicy(
             max_retries=settings.max_retries,

@@ -84,12 +84,14 @@ def _bomb(what: str, width: int, height: int, limit: int) -> FrameError:
 class _Walk:
     """One walk over one file: the pixel limit and the work done so far."""
 
-    __slots__ = ("frames", "limit", "steps")
+    __slots__ = ("ended", "frames", "limit", "steps", "transparent")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.steps = 0
         self.frames = 0
+        self.ended = False  # GIF: the trailer was reached, every block whole before it
+        self.transparent = False  # GIF: a graphic control extension declares transparency
 
     def _step(self, fmt: str, count: int = 1) -> None:
         self.steps += count
@@ -127,8 +129,11 @@ class _Walk:
         while pos < end:
             intro = buf[pos]
             if intro == 0x3B:  # trailer
+                self.ended = True
                 break
             if intro == 0x21:  # extension: introducer, label, sub-blocks
+                if pos + 3 < end and buf[pos + 1] == 0xF9 and buf[pos + 3] & 1:
+                    self.transparent = True  # graphic control: a transparent colour index
                 pos = self._gif_sub_blocks(buf, pos + 2, end)
             elif intro == 0x2C:  # image descriptor
                 if pos + 10 > end:
@@ -163,7 +168,7 @@ class _Walk:
 
     def _gif_sub_blocks(self, buf: Buffer, pos: int, end: int) -> int:
         """The position after the sub-blocks starting at `pos` (each: a length byte, then
-        that many bytes; a zero length ends them)."""
+        that many bytes; a zero length ends them), or `end` + 1 when the file ends first."""
         steps = 0
         while pos < end:
             size = buf[pos]
@@ -171,6 +176,8 @@ class _Walk:
             steps += 1
             if not size:
                 break
+        else:
+            pos = end + 1  # no terminating zero-length block: cut short
         self._step("GIF", steps)
         return pos
 
@@ -289,6 +296,16 @@ class _Walk:
             if kind in _ISO_CONTAINERS and depth < 8:
                 yield from self._boxes(buf, start + _ISO_CONTAINERS[kind], stop, depth + 1)
             pos += size
+
+    # The names the whole-file check (structure.py) uses.
+    step = _step
+    frame = _frame
+    inside = _inside
+    check = _check
+
+
+#: One walk over one file, for the whole-file check (structure.py).
+FrameWalk = _Walk
 
 
 def _u24(buf: Buffer, pos: int) -> int:

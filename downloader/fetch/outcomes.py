@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from downloader.fetch.structure import Details
 
 
 @dataclass(slots=True)
@@ -31,6 +35,7 @@ class FetchOutcome:
     format: str | None = None
     width: int | None = None
     height: int | None = None
+    details: Details | None = None  # colour mode, alpha, frames, ICC profile, orientation
     final_url: str | None = None
 
 

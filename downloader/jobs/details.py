@@ -208,6 +208,39 @@ class ImageInfo:
     format: str | None
     size_bytes: int | None
     error: str | None
+    details: str = ""  # colour mode, alpha, frames, ICC profile, orientation, for a caption
+
+
+#: What an EXIF orientation asks a viewer to do (the stored width and height stay as they are).
+ORIENTATIONS = {
+    2: "mirrored",
+    3: "rotated 180°",
+    4: "flipped",
+    5: "mirrored, rotated 90°",
+    6: "rotated 90°",
+    7: "mirrored, rotated 270°",
+    8: "rotated 270°",
+}
+
+
+def describe_details(
+    mode: str | None,
+    alpha: bool | None,
+    frames: int | None,
+    icc: str | None,
+    orientation: int | None,
+) -> str:
+    """'CMYK · alpha · 3 frames · ICC: sRGB · rotated 90°': what the whole-file check read."""
+    parts = [mode or ""]
+    if alpha:
+        parts.append("alpha")
+    if frames and frames > 1:
+        parts.append(f"{frames} frames")
+    if icc:
+        parts.append(f"ICC: {icc}")
+    if orientation in ORIENTATIONS:
+        parts.append(ORIENTATIONS[orientation])
+    return " · ".join(part for part in parts if part)
 
 
 def product_images(db: Database, job_id: str, product: str, *, limit: int = 200) -> list[ImageInfo]:
@@ -223,6 +256,11 @@ def product_images(db: Database, job_id: str, product: str, *, limit: int = 200)
                 IMAGE.c.format,
                 IMAGE.c.size_bytes,
                 IMAGE.c.error,
+                IMAGE.c.color_mode,
+                IMAGE.c.has_alpha,
+                IMAGE.c.frames,
+                IMAGE.c.icc_profile,
+                IMAGE.c.orientation,
             )
             .join(PRODUCT, PRODUCT.c.id == IMAGE.c.product_id)
             .where(PRODUCT.c.job_id == job_id, PRODUCT.c.number == product)
@@ -243,6 +281,7 @@ def product_images(db: Database, job_id: str, product: str, *, limit: int = 200)
             format=fmt,
             size_bytes=size,
             error=err,
+            details=describe_details(*details),
         )
-        for folder, pos, status, key, w, h, fmt, size, err in rows
+        for folder, pos, status, key, w, h, fmt, size, err, *details in rows
     ]
