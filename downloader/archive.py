@@ -99,9 +99,13 @@ class _Source:
 
 def _whole_entry_size(row: ManifestRow) -> int | None:
     """The size of a row whose entry can be written in one piece (CRC known, small)."""
-    if row.crc32 is None or row.bytes is None or not 0 < row.bytes <= WHOLE_ENTRY_MAX_BYTES:
+    if (
+        row.crc32 is None
+        or row.entry_bytes is None
+        or not 0 < row.entry_bytes <= WHOLE_ENTRY_MAX_BYTES
+    ):
         return None
-    return row.bytes
+    return row.entry_bytes
 
 
 def _open_source(storage: Storage, row: ManifestRow, chunk_size: int) -> _Source:
@@ -109,7 +113,7 @@ def _open_source(storage: Storage, row: ManifestRow, chunk_size: int) -> _Source
     assert row.key is not None
     chunks = storage.iter_bytes(row.key, chunk_size)
     try:
-        size = row.bytes if row.bytes is not None else storage.size(row.key)
+        size = row.entry_bytes if row.entry_bytes is not None else storage.size(row.key)
     except BaseException:
         _close(chunks)
         raise
@@ -161,7 +165,11 @@ def _sources(
                     exhausted = True
                     break
                 future = None
-                if row.has_file and row.bytes is not None and row.bytes <= PREFETCH_MAX_BYTES:
+                if (
+                    row.has_file
+                    and row.entry_bytes is not None
+                    and row.entry_bytes <= PREFETCH_MAX_BYTES
+                ):
                     assert row.key is not None
                     future = pool.submit(storage.read_bytes, row.key)
                 window.append((row, future))
@@ -338,8 +346,8 @@ def _whole_entry(
     holds. None when the file's size is no longer the recorded one. The entry is then
     registered with `archive` (its central directory record and position).
     """
-    assert row.key is not None and row.bytes is not None and row.crc32 is not None
-    size = row.bytes
+    assert row.key is not None and row.entry_bytes is not None and row.crc32 is not None
+    size = row.entry_bytes
     info = ZipStreamInfo(arcname, date_time=date_time)
     info.external_attr = 0o600 << 16  # as zipstream-ng sets it for added data
     info.compress_type = ZIP_STORED
@@ -375,7 +383,7 @@ def zip_size(
 ) -> int:
     """The exact byte length `stream_zip` will produce for the same rows (Content-Length).
 
-    Needs its own pass over the rows (pass a fresh iterable). Uses `row.bytes` for file
+    Needs its own pass over the rows (pass a fresh iterable). Uses `row.entry_bytes` for file
     sizes (asks the storage only when it is None). Exact as long as the rows and stored
     files do not change in between; if one does (a file went missing), the stream's length
     differs and an HTTP server enforcing Content-Length fails the download visibly.
@@ -397,7 +405,7 @@ def zip_size(
     for row in rows:
         if row.has_file:
             assert row.key is not None
-            size = row.bytes if row.bytes is not None else storage.size(row.key)
+            size = row.entry_bytes if row.entry_bytes is not None else storage.size(row.key)
             file_name, arcname = _entry_names(row, folder_per_product)
             if file_name != row.file:
                 row = dataclasses.replace(row, file=file_name)

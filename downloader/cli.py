@@ -104,6 +104,12 @@ def _build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(handler=cmd_zip)
 
+    p = sub.add_parser("report", help="write the Excel report (a row and thumbnail per image)")
+    p.add_argument("job_id")
+    p.add_argument("--out", required=True, help="the .xlsx file to write")
+    common(p)
+    p.set_defaults(handler=cmd_report)
+
     p = sub.add_parser("worker", help="process queued work until SIGTERM")
     common(p)
     p.add_argument("--job", help=argparse.SUPPRESS)  # used by `run` for its helper processes
@@ -184,6 +190,27 @@ def cmd_zip(args: argparse.Namespace) -> int:
             written += len(chunk)
     partial.replace(out)
     emit({"job_id": job.id, "product": args.product, "file": str(out), "bytes": written})
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from downloader import jobs
+
+    services = services_for(args)
+    job = jobs.get_job(services.db, args.job_id)
+    out = Path(args.out)
+    partial = out.with_name(out.name + ".part")
+    stats = jobs.write_report(services.db, services.storage, job.id, partial)
+    partial.replace(out)
+    emit(
+        {
+            "job_id": job.id,
+            "file": str(out),
+            "images": stats.images,
+            "thumbnails": stats.thumbnails,
+            "products": stats.products,
+        }
+    )
     return EXIT_OK
 
 

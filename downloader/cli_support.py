@@ -51,6 +51,9 @@ def output_args(p: argparse.ArgumentParser) -> None:
         choices=["per-product", "flat"],
         help="master ZIP layout: a folder per product (default) or every file at the root",
     )
+    from downloader.outputs.cli_args import conversion_args
+
+    conversion_args(p)  # converted outputs and marketplace checks (downloader.outputs)
 
 
 def job_options_from(args: argparse.Namespace) -> JobOptions:
@@ -61,8 +64,10 @@ def job_options_from(args: argparse.Namespace) -> JobOptions:
 
     naming = getattr(args, "naming", None) or DEFAULT_NAMING
     layout = getattr(args, "layout", None) or "per-product"
+    from downloader.outputs.cli_args import with_conversion
+
     check_syntax(naming, layout)
-    return JobOptions(naming=naming, layout=layout)
+    return with_conversion(JobOptions(naming=naming, layout=layout), args)
 
 
 def services_for(args: argparse.Namespace) -> Services:

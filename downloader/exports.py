@@ -17,8 +17,9 @@ from downloader.job_options import JobOptions
 from downloader.manifest import ManifestRow, manifest_csv_chunks, manifest_header
 from downloader.models import IMAGE, PRODUCT, ImageStatus, JobPublic
 from downloader.naming import folder_name
+from downloader.outputs.checks import all_warnings, joined, placeholder_hashes
 from downloader.row_chunks import image_rows_in_order
-from downloader.storage import Storage
+from downloader.storage import Storage, output_key
 
 
 def manifest_rows(
@@ -58,11 +59,10 @@ def _raw_rows(db: Database, job_id: str, *, product: str | None) -> Iterator[Raw
             original.c.position,
             IMAGE.c.extra,
             IMAGE.c.output_format,
-            IMAGE.c.color_mode,
-            IMAGE.c.has_alpha,
-            IMAGE.c.frames,
-            IMAGE.c.icc_profile,
-            IMAGE.c.orientation,
+            IMAGE.c.output_bytes,
+            IMAGE.c.output_width,
+            IMAGE.c.output_height,
+            IMAGE.c.warnings,
         )
         .join(PRODUCT, PRODUCT.c.id == IMAGE.c.product_id)
         .outerjoin(original, original.c.id == IMAGE.c.duplicate_of_id)
@@ -72,6 +72,7 @@ def _raw_rows(db: Database, job_id: str, *, product: str | None) -> Iterator[Raw
     )
     if product is not None:
         query = query.where(PRODUCT.c.number == product)
+    placeholders = placeholder_hashes(db, job_id)  # files shared by many products (checks)
     # Chunk by chunk, each in its own short read: a stream whose client stalls holds no
     # database connection (see downloader.row_chunks).
     for (
@@ -94,7 +95,10 @@ def _raw_rows(db: Database, job_id: str, *, product: str | None) -> Iterator[Raw
         dup_pos,
         extra,
         output_format,
-        *details,
+        output_bytes,
+        output_width,
+        output_height,
+        warnings,
     ) in image_rows_in_order(db, query):
         folder = folder or folder_name(number)  # None: a product stored without one
         row = ManifestRow(
@@ -115,7 +119,13 @@ def _raw_rows(db: Database, job_id: str, *, product: str | None) -> Iterator[Raw
             folder=folder,
         )
         if status == ImageStatus.DONE:
-            row.color_mode, row.alpha, row.frames, row.icc_profile, row.orientation = details
+            # a converted image: the ZIPs hold its output (its own key, no CRC kept); sha256
+            # and bytes stay the original's, what the server sent (downloader.outputs)
+            if output_format and key:
+                row.key, row.crc32 = output_key(key), None
+                row.output_format, row.output_bytes = output_format, output_bytes
+                row.output_width, row.output_height = output_width, output_height
+            row.warnings = joined(all_warnings(warnings, sha, placeholders)) or None
         # the file's extension: the converted output's format when the job converts
         ext = (output_format or fmt) if status == ImageStatus.DONE else None
         yield row, ext, extra, dup_pos

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from downloader.csvsafe import excel_safe
 
 MANIFEST_NAME = "manifest.csv"
-IMAGE_DETAIL_COLUMNS = ("color_mode", "alpha", "frames", "icc_profile", "orientation")
 MANIFEST_COLUMNS = [
     "product",
     "position",
@@ -29,9 +28,13 @@ MANIFEST_COLUMNS = [
     "attempts",
     "error",
     "duplicate_of",
-    # what the whole-file check read (downloader.fetch.structure): Pillow's mode name, alpha,
-    # frames or pages, the ICC profile's description, the EXIF orientation (1-8)
-    *IMAGE_DETAIL_COLUMNS,
+    # the converted file the ZIPs hold (empty when the job keeps the originals) and the
+    # marketplace checks' warnings (downloader.outputs)
+    "output_format",
+    "output_bytes",
+    "output_width",
+    "output_height",
+    "warnings",
 ]
 CSV_CHUNK_SIZE = 64 * 1024  # CSV text is handed out in pieces of about this size
 
@@ -57,11 +60,11 @@ class ManifestRow:
     key: str | None = None  # storage key; not written to the CSV
     crc32: int | None = None  # of the stored bytes, when known; not written to the CSV
     folder: str | None = None  # the product's folder (downloader.naming); not in the CSV
-    color_mode: str | None = None
-    alpha: bool | None = None
-    frames: int | None = None
-    icc_profile: str | None = None
-    orientation: int | None = None
+    output_format: str | None = None  # the converted file's (None: the original is the file)
+    output_bytes: int | None = None
+    output_width: int | None = None
+    output_height: int | None = None
+    warnings: str | None = None  # the checks' warnings, joined
     # the input's other columns' values, in the job's extra_columns order (after the others)
     extra: tuple[str, ...] = ()
 
@@ -81,13 +84,18 @@ class ManifestRow:
             self.attempts,
             self.error,
             self.duplicate_of,
-            self.color_mode,
-            None if self.alpha is None else ("yes" if self.alpha else "no"),
-            self.frames,
-            self.icc_profile,
-            self.orientation,
+            self.output_format,
+            self.output_bytes,
+            self.output_width,
+            self.output_height,
+            self.warnings,
             *self.extra,
         ]
+
+    @property
+    def entry_bytes(self) -> int | None:
+        """The size of the file in the ZIP (at `key`): the converted output's when there is one."""
+        return self.output_bytes if self.output_format else self.bytes
 
     @property
     def has_file(self) -> bool:

@@ -259,6 +259,26 @@ with downloads:
         "The ZIP of all products streams as it is built: the download starts at once, whatever "
         "its size. Each product has a folder; manifest.csv lists every image with its status."
     )
+    st.download_button(
+        "Report (Excel)",
+        data=partial(jobs.report_bytes, db, services.storage, job.id),
+        file_name=jobs.report_file_name(job.id),
+        mime="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        icon=":material/table_view:",
+        on_click="ignore",
+        key="report-xlsx",
+        help="A row per image with its thumbnail, the input's own columns, status, size and "
+        "warnings; a row per product on the Products sheet",
+    )
+    if not summary.is_active:  # counted once the job is finished (a pass over its images)
+        warned = jobs.warning_counts(db, job.id)
+        if warned:
+            st.warning(
+                "Marketplace checks (warnings, the images are in the ZIPs): "
+                + ", ".join(f"{code} {count:,}" for code, count in sorted(warned.items()))
+                + ". The manifest and the report name them per image.",
+                icon=":material/rule:",
+            )
 
     @st.fragment
     def product_downloads() -> None:
@@ -368,8 +388,6 @@ with gallery:
                     st.caption("(image unavailable)")
                 size = f" · {image.width}×{image.height}" if image.width and image.height else ""  # noqa: RUF001
                 st.caption(common.md_text(f"{image.file}{size}"))
-                if image.details:  # colour mode, alpha, frames, ICC profile, orientation
-                    st.caption(common.md_text(image.details))
         others = [image for image in images if image not in shown]
         if others:
             st.dataframe(

@@ -21,7 +21,7 @@ from downloader.naming import unique_folder_names
 from downloader.templates import TemplateError, check_template, column_field
 from downloader.ui_queries import GridParse, clean_grid_rows, grid_fingerprint, parse_grid
 from pages import _common as common
-from pages import _grid
+from pages import _grid, _outputs
 
 GRID = "Paste into the grid"
 FILE = "Upload a file"
@@ -350,7 +350,8 @@ def output_options(parsed: ParsedInput | None) -> JobOptions | None:
         except TemplateError as exc:
             st.error(common.md_text(str(exc), 600), icon=":material/error:")
             return None
-        return JobOptions(naming=template, layout=layout)
+        # conversion and marketplace checks beside the naming (pages/_outputs.py)
+        return _outputs.conversion_controls(JobOptions(naming=template, layout=layout))
 
 
 def queue(

@@ -118,8 +118,10 @@ def test_product_zip(storage: Storage) -> None:
         "attempts": "1",
         "error": "",
         "duplicate_of": "",
-        # no details read (issue 26)
-        **dict.fromkeys(["color_mode", "alpha", "frames", "icc_profile", "orientation"], ""),
+        # not converted, no checks (issue 23)
+        **dict.fromkeys(
+            ["output_format", "output_bytes", "output_width", "output_height", "warnings"], ""
+        ),
     }
     assert len(data) == zip_size(storage, rows, folder_per_product=False)
 

@@ -9,7 +9,8 @@ only `from downloader import jobs`:
 - details: inside one job: per-product progress, images, failures, rejected rows
 - control: pause, resume, cancel, retry, delete
 - headers: a job's own request headers (replace; names and hosts for the job page)
-- downloader/exports.py: ZIPs and the manifest
+- downloader/exports.py: ZIPs and the manifest; downloader/report.py: the Excel report
+- downloader/outputs: output options (conversion, marketplace checks) and warning counts
 """
 
 from downloader.errors import JobNotFound, RateLimited
@@ -63,6 +64,9 @@ from downloader.jobs.progress import (
     list_jobs,
     live_workers,
 )
+from downloader.outputs.checks import warning_counts
+from downloader.outputs.profile import OptionError, checks_dict, validate_output_options
+from downloader.report import report_bytes, report_file_name, write_report
 
 __all__ = [
     "FAILED_COLUMNS",
@@ -76,10 +80,12 @@ __all__ = [
     "JobListItem",
     "JobNotFound",
     "JobSummary",
+    "OptionError",
     "RateLimited",
     "RequestHeaders",
     "cancel_job",
     "check_rate_limit",
+    "checks_dict",
     "create_job",
     "delete_job",
     "error_summary",
@@ -106,9 +112,14 @@ __all__ = [
     "product_zip_bytes",
     "rejected_csv",
     "rejected_rows",
+    "report_bytes",
+    "report_file_name",
     "request_headers_shown",
     "resume_job",
     "retry_failed",
     "set_request_headers",
+    "validate_output_options",
+    "warning_counts",
+    "write_report",
     "zip_file_name",
 ]

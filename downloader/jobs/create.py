@@ -87,10 +87,12 @@ def insert_job(
     input's other column names are kept with them (`extra_columns`)."""
     from dataclasses import replace
 
+    from downloader.outputs.profile import validate_output_options
     from downloader.templates import check_template
 
     options = replace(options or JobOptions(), extra_columns=list(rows.extra_columns))
     check_template(options.naming, options.extra_columns, options.layout)
+    validate_output_options(options)  # conversion and checks (OptionError, nothing written)
     job = Job(
         name=name[:200],
         source=source[:300],

@@ -226,7 +226,7 @@ def test_job_page_shows_progress_products_failures_and_downloads(
 
     # per-product ZIPs: one button per product, labelled with the product number
     labels = [d.label for d in at.download_button]
-    assert labels == ["AB-1", "CD_2"]
+    assert labels == ["Report (Excel)", "AB-1", "CD_2"]  # the report first (issue 23)
 
     # failures: reason summary, filter and table
     failed = next(df.value for df in at.dataframe if "error_code" in df.value.columns)
