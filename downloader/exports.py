@@ -63,6 +63,11 @@ def _raw_rows(db: Database, job_id: str, *, product: str | None) -> Iterator[Raw
             IMAGE.c.output_width,
             IMAGE.c.output_height,
             IMAGE.c.warnings,
+            IMAGE.c.color_mode,
+            IMAGE.c.has_alpha,
+            IMAGE.c.frames,
+            IMAGE.c.icc_profile,
+            IMAGE.c.orientation,
         )
         .join(PRODUCT, PRODUCT.c.id == IMAGE.c.product_id)
         .outerjoin(original, original.c.id == IMAGE.c.duplicate_of_id)
@@ -99,6 +104,7 @@ def _raw_rows(db: Database, job_id: str, *, product: str | None) -> Iterator[Raw
         output_width,
         output_height,
         warnings,
+        *details,
     ) in image_rows_in_order(db, query):
         folder = folder or folder_name(number)  # None: a product stored without one
         row = ManifestRow(
@@ -119,6 +125,7 @@ def _raw_rows(db: Database, job_id: str, *, product: str | None) -> Iterator[Raw
             folder=folder,
         )
         if status == ImageStatus.DONE:
+            row.color_mode, row.alpha, row.frames, row.icc_profile, row.orientation = details
             # a converted image: the ZIPs hold its output (its own key, no CRC kept); sha256
             # and bytes stay the original's, what the server sent (downloader.outputs)
             if output_format and key:

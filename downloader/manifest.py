@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from downloader.csvsafe import excel_safe
 
 MANIFEST_NAME = "manifest.csv"
+IMAGE_DETAIL_COLUMNS = ("color_mode", "alpha", "frames", "icc_profile", "orientation")
 MANIFEST_COLUMNS = [
     "product",
     "position",
@@ -35,6 +36,9 @@ MANIFEST_COLUMNS = [
     "output_width",
     "output_height",
     "warnings",
+    # what the whole-file check read (downloader.fetch.structure): Pillow's mode name, alpha,
+    # frames or pages, the ICC profile's description, the EXIF orientation (1-8)
+    *IMAGE_DETAIL_COLUMNS,
 ]
 CSV_CHUNK_SIZE = 64 * 1024  # CSV text is handed out in pieces of about this size
 
@@ -65,6 +69,11 @@ class ManifestRow:
     output_width: int | None = None
     output_height: int | None = None
     warnings: str | None = None  # the checks' warnings, joined
+    color_mode: str | None = None
+    alpha: bool | None = None
+    frames: int | None = None
+    icc_profile: str | None = None
+    orientation: int | None = None
     # the input's other columns' values, in the job's extra_columns order (after the others)
     extra: tuple[str, ...] = ()
 
@@ -89,6 +98,11 @@ class ManifestRow:
             self.output_width,
             self.output_height,
             self.warnings,
+            self.color_mode,
+            None if self.alpha is None else ("yes" if self.alpha else "no"),
+            self.frames,
+            self.icc_profile,
+            self.orientation,
             *self.extra,
         ]
 

@@ -388,6 +388,8 @@ with gallery:
                     st.caption("(image unavailable)")
                 size = f" · {image.width}×{image.height}" if image.width and image.height else ""  # noqa: RUF001
                 st.caption(common.md_text(f"{image.file}{size}"))
+                if image.details:  # colour mode, alpha, frames, ICC profile, orientation
+                    st.caption(common.md_text(image.details))
         others = [image for image in images if image not in shown]
         if others:
             st.dataframe(
