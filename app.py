@@ -51,6 +51,10 @@ def main() -> None:
         layout="wide",
     )
     st.session_state["app_runs"] = st.session_state.get("app_runs", 0) + 1
+    from pages import _identity
+
+    if _identity.gate() is None:  # signed out: the sign-in page or the portal message only
+        return
     pages = [
         st.Page(
             "pages/new_job.py",
@@ -105,6 +109,26 @@ def _attachment(filename: str) -> dict[str, str]:
     }
 
 
+def _authorised_job(services: Any, request: Any, job_id: str) -> Any:
+    """The job a download request may have (docs/identity.md): by the SSO proxy's header, a
+    signed link (st.login), or anyone in single-user mode; jobs.DownloadRefused or
+    jobs.JobNotFound otherwise."""
+    from downloader import identity, jobs
+    from pages import _identity
+
+    settings = services.settings
+    mode = identity.identity_mode(settings, oidc_configured=_identity.oidc_configured())
+    name = settings.trusted_user_header
+    return jobs.job_to_download(
+        services.db,
+        settings,
+        job_id,
+        mode=mode,
+        header_values=request.headers.getlist(name) if name else [],
+        params=dict(request.query_params),
+    )
+
+
 def _export_endpoint(kind: str) -> Any:
     """A Starlette endpoint streaming one export of a job: 'zip', 'manifest', 'failed' or
     'rejected'."""
@@ -123,8 +147,10 @@ def _export_endpoint(kind: str) -> Any:
             return PlainTextResponse("The app is starting; try again in a moment.", 503)
         job_id = str(request.path_params["job_id"])
         try:
-            job = await run_in_threadpool(jobs.get_job, services.db, job_id)
-        except jobs.JobNotFound:
+            job = await run_in_threadpool(_authorised_job, services, request, job_id)
+        except jobs.DownloadRefused as refused:  # no header, no valid signed link
+            return PlainTextResponse(refused.message, 403)
+        except jobs.JobNotFound:  # also another person's job: the same answer
             return PlainTextResponse(f"No job with id {job_id!r}.", 404)
         body: Iterator[bytes] | Iterator[bytes | memoryview]
         headers: dict[str, str] = {}
@@ -245,6 +271,12 @@ def _base_prefix() -> str:
 if __name__ == "__main__" and get_script_run_ctx(suppress_warning=True) is not None:
     main()
 else:
+    from streamlit.runtime.pages_manager import PagesManager
+
+    # pages/ holds the st.Page scripts that main() lists, not a "pages directory" app: left
+    # to guess, Streamlit runs a fresh server's first page view of /jobs, /job, ... as that
+    # file alone (its multipage v1 mode), skipping main() and so the sign-in gate.
+    PagesManager.uses_pages_directory = False
     app = st.App(HERE / "app.py", lifespan=lifespan, routes=routes(_base_prefix()))
     if __name__ == "__main__":
         app.run()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import contextlib
 import json
 import math
 import os
@@ -195,6 +196,8 @@ def run_rounds(
         shutil.rmtree(WORK_DIR / "runs" / SECTION / "scratch", ignore_errors=True)
         if args.files_dir is not None:
             shutil.rmtree(args.files_dir / SECTION, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                args.files_dir.rmdir()  # only when empty (a --files-dir may hold other things)
     return records
 
 

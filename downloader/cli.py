@@ -24,6 +24,7 @@ from downloader.cli_support import (
     header_args,
     job_options_from,
     output_args,
+    owner_from,
     parse_input,
     request_headers_from,
     services_for,
@@ -73,6 +74,10 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument("--product-column", help="column holding product numbers")
         p.add_argument("--url-column", help="column holding image URLs")
         p.add_argument("--name", default="", help="a name for the job")
+        p.add_argument(
+            "--owner",
+            help="who the job belongs to (an e-mail; default: DOWNLOADER_USER, else 'cli')",
+        )
         header_args(p)
         output_args(p)
 
@@ -135,6 +140,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from downloader import jobs
 
     headers = request_headers_from(args)  # a bad header stops here, before anything is read
+    owner = owner_from(args)
     options = job_options_from(args)  # a malformed template stops here, before reading
     services = services_for(args)
     parsed = parse_input(args, services.settings.max_rows_per_job)
@@ -144,6 +150,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         name=args.name,
         source=source_name(args),
         created_by="cli",
+        owner=owner,
         request_headers=headers,
         options=options,
     )

@@ -19,6 +19,7 @@ from downloader.cli_support import (
     counts_payload,
     emit,
     job_options_from,
+    owner_from,
     parse_input,
     request_headers_from,
     services_for,
@@ -53,6 +54,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     headers = request_headers_from(args) if args.job is None else None
     if args.job is None:  # a malformed naming template or layout stops here, before reading
         job_options_from(args)
+    if args.job is None:
+        owner_from(args)  # a bad --owner stops here too, before anything is read
     if headers is not None and _is_small_input_file(args):
         return _run_small_input(args, started, headers)
     from downloader import jobs
@@ -75,6 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 name=args.name,
                 source=source_name(args),
                 created_by="cli",
+                owner=owner_from(args),
                 fingerprint=fingerprint,
                 request_headers=headers,
                 options=job_options_from(args),
@@ -112,6 +116,7 @@ def _run_small_input(
             name=args.name,
             source=source_name(args),
             created_by="cli",
+            owner=owner_from(args),
             request_headers=headers,
             options=job_options_from(args),
         ).id

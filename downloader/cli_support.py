@@ -37,6 +37,23 @@ def settings_for(args: argparse.Namespace) -> Settings:
     return load_settings(**overrides)
 
 
+def owner_from(args: argparse.Namespace) -> str:
+    """Who a job from the command line belongs to: --owner, else the DOWNLOADER_USER
+    environment variable, else "cli" (downloader.identity; lower-cased like sign-in e-mails)."""
+    import os
+
+    from downloader.identity import normalise
+
+    given = getattr(args, "owner", None) or os.environ.get("DOWNLOADER_USER") or "cli"
+    owner = normalise(given)
+    if owner is None:
+        raise CliError(
+            "--owner (or DOWNLOADER_USER) must be an e-mail or user name: at most 320 "
+            "characters, no spaces, quotes or angle brackets"
+        )
+    return owner
+
+
 def output_args(p: argparse.ArgumentParser) -> None:
     """The job's output options for `run` and `submit` (downloader.job_options)."""
     p.add_argument(

@@ -88,6 +88,7 @@ class JobPublic(JobBase):
     images: int
     rejected_rows: int
     duplicates_removed: int
+    owner: str | None = None
 
 
 class Product(SQLModel, table=True):

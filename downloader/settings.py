@@ -6,6 +6,7 @@ Invalid values fail at start with a message naming the setting (see `load_settin
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import lru_cache
 from typing import Annotated, Literal
 
@@ -82,9 +83,28 @@ class Settings(BaseSettings):
     url_denylist: CsvList = Field(default_factory=list)
     max_rows_per_job: int = Field(1_000_000, ge=1)
     max_upload_mb: int = Field(200, ge=1)
-    job_rate_limit_per_minute: int = Field(10, ge=0, description="jobs per session; 0 = unlimited")
+    job_rate_limit_per_minute: int = Field(10, ge=0, description="jobs per person; 0 = unlimited")
     download_stall_timeout: float = Field(
         60, gt=0, description="seconds a download client may stop reading before it is cut off"
+    )
+
+    # Identity (docs/identity.md): single user, st.login (OIDC) or an SSO proxy's header
+    trusted_user_header: str | None = Field(
+        None, description="request header with the signed-in e-mail, set by an SSO proxy"
+    )
+    admin_users: CsvList = Field(
+        default_factory=list, description="e-mails that see and control every job"
+    )
+    max_active_jobs_per_user: int = Field(
+        10, ge=0, description="queued + running jobs per person; 0 = unlimited"
+    )
+    download_link_secret: str | None = Field(
+        None,
+        min_length=32,
+        description="HMAC key of signed download links; unset = generated next to MEDIA_ROOT",
+    )
+    download_link_ttl: int = Field(
+        3600, ge=60, le=7 * 86400, description="seconds a signed download link stays valid"
     )
 
     # Workers
@@ -96,7 +116,9 @@ class Settings(BaseSettings):
         0, ge=0, le=64, description="engine processes for `run`; 0 = one per CPU core"
     )
 
-    @field_validator("allowed_private_networks", "url_allowlist", "url_denylist", mode="before")
+    @field_validator(
+        "allowed_private_networks", "url_allowlist", "url_denylist", "admin_users", mode="before"
+    )
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
@@ -145,6 +167,27 @@ class Settings(BaseSettings):
         # http:// and https:// proxies (a bare host:port is http://); others stop the start.
         if value and "://" in value and value.split("://", 1)[0].lower() not in ("http", "https"):
             raise ValueError("only http:// and https:// proxies are supported")
+        return value
+
+    @field_validator("download_link_secret", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("admin_users")
+    @classmethod
+    def _lower_emails(cls, value: list[str]) -> list[str]:
+        return [email.lower() for email in value]
+
+    @field_validator("trusted_user_header")
+    @classmethod
+    def _check_header_name(cls, value: str | None) -> str | None:
+        # An HTTP field name (RFC 9110 token), e.g. X-Forwarded-Email; blank = unset.
+        value = (value or "").strip()
+        if not value:
+            return None
+        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}", value):
+            raise ValueError(f"{value[:100]!r} is not an HTTP header name")
         return value
 
     @property

@@ -17,6 +17,7 @@ import streamlit as st
 from downloader import jobs
 from downloader.ui_queries import find_products, thumbnail
 from pages import _common as common
+from pages import _identity
 
 REFRESH_SECONDS = 2.0
 PRODUCTS_PER_PAGE = 200
@@ -26,6 +27,7 @@ REJECTED_SHOWN = 1000
 
 services = common.services()
 db = services.db
+person = _identity.require_viewer()  # its owner and admins only (downloader.identity)
 
 
 # ---------------------------------------------------------------- no job chosen
@@ -33,7 +35,7 @@ db = services.db
 job_id = st.query_params.get("id", "")
 if not job_id:
     st.title("Job detail")
-    recent = jobs.list_jobs(db, limit=50)
+    recent = jobs.list_jobs(db, limit=50, visible_to=person)
     if not recent:
         st.info("No jobs yet.")
         st.page_link(common.NEW_JOB_PAGE, label="Create a job", icon=":material/add:")
@@ -51,6 +53,8 @@ if not job_id:
     st.stop()
 
 try:
+    if jobs.job_for(db, job_id, person) is None:  # someone else's: as if there were none
+        raise jobs.JobNotFound(job_id)
     summary = jobs.job_summary(db, job_id)
 except jobs.JobNotFound:
     st.title("Job detail")
@@ -69,16 +73,16 @@ job = summary.job
 
 def _act(action: str) -> None:
     if action == "pause":
-        done = jobs.pause_job(db, job.id)
+        done = jobs.pause_job(db, job.id, person=person)
         st.toast("Paused." if done else "The job was not running.")
     elif action == "resume":
-        done = jobs.resume_job(db, job.id)
+        done = jobs.resume_job(db, job.id, person=person)
         st.toast("Resumed." if done else "The job was not paused.")
     elif action == "cancel":
-        done = jobs.cancel_job(db, job.id)
+        done = jobs.cancel_job(db, job.id, person=person)
         st.toast("Cancelled: queued images are skipped." if done else "The job had finished.")
     elif action == "retry":
-        count = jobs.retry_failed(db, job.id)
+        count = jobs.retry_failed(db, job.id, person=person)
         st.toast(f"{count:,} image(s) queued again." if count else "Nothing to retry.")
 
 
@@ -122,8 +126,7 @@ with controls:
     st.page_link(common.JOBS_PAGE, label="All jobs", icon=":material/list_alt:")
 
 # The job's own request headers: names and hosts, every value masked, for its owner only.
-# viewer: the signed-in person once sign-in is wired; None sees jobs without an owner only.
-own_headers = jobs.request_headers_shown(db, job.id, viewer=None)
+own_headers = jobs.request_headers_shown(db, job.id, viewer=person.email)
 if own_headers is not None:
     header_rows, any_format = own_headers
     with st.expander(f"Request headers ({len(header_rows)})", icon=":material/tune:"):
@@ -248,12 +251,16 @@ def _link_button(url: str, label: str, primary: bool = False) -> str:
     )
 
 
+# With st.login the download routes cannot see who is signed in: each link carries a signed,
+# expiring grant for this person (downloader.links); "" in the other modes.
+signed = _identity.signed_query(job.id, person)
+
 with downloads:
     st.markdown("**Everything**")
     st.html(
-        _link_button(common.job_zip_url(job.id), "⬇ All products (ZIP)", True)
-        + _link_button(common.manifest_url(job.id), "⬇ Manifest (CSV)")
-        + _link_button(common.failed_csv_url(job.id), "⬇ Failed rows (CSV)")
+        _link_button(common.job_zip_url(job.id) + signed, "⬇ All products (ZIP)", True)
+        + _link_button(common.manifest_url(job.id) + signed, "⬇ Manifest (CSV)")
+        + _link_button(common.failed_csv_url(job.id) + signed, "⬇ Failed rows (CSV)")
     )
     st.caption(
         "The ZIP of all products streams as it is built: the download starts at once, whatever "
@@ -421,7 +428,7 @@ with problems:
                 else ""
             )
         )
-        st.html(_link_button(common.rejected_csv_url(job.id), "⬇ Rejected rows (CSV)"))
+        st.html(_link_button(common.rejected_csv_url(job.id) + signed, "⬇ Rejected rows (CSV)"))
         st.dataframe(
             common.redacted(rows, "url", "reason").rename(
                 columns={

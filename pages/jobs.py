@@ -1,4 +1,5 @@
-"""Jobs: the recent jobs with status, progress, counts and age; each opens its detail page."""
+"""Jobs: the signed-in person's recent jobs with status, progress, counts and age; each opens
+its detail page. Admins see everyone's, with an owner column and an owner filter."""
 
 from __future__ import annotations
 
@@ -8,15 +9,29 @@ import pandas as pd
 import streamlit as st
 
 from downloader import jobs
+from downloader.identity import Mode
 from pages import _common as common
+from pages import _identity
 
 REFRESH_SECONDS = 5.0
 LIMIT = 200
 
 services = common.services()
+person = _identity.require_viewer()
+show_owner = person.admin and person.mode != Mode.SINGLE
 
 st.title("Jobs")
 left, right = st.columns([2, 3])
+owner: str | None = None
+if show_owner:
+    owners = jobs.job_owners(services.db)
+    choice = st.selectbox(
+        "Owner",
+        ["*", *[jobs.NO_OWNER if o is None else o for o in owners]],
+        format_func=lambda o: "Everyone" if o == "*" else (o or "(no owner: made before owners)"),
+        key="jobs_owner",
+    )
+    owner = None if choice == "*" else choice
 statuses = left.multiselect(
     "Status",
     list(common.STATUS_BADGES),
@@ -44,6 +59,7 @@ def _table(items: list[jobs.JobListItem]) -> pd.DataFrame:
                 "failed": item.counts.failed,
                 "pending": item.counts.pending,
                 "age": common.age(item.job.created_at, now),
+                "owner": item.job.owner or "",
                 "id": item.job.id,
             }
             for item in items
@@ -53,10 +69,15 @@ def _table(items: list[jobs.JobListItem]) -> pd.DataFrame:
 
 def job_list() -> None:
     items = jobs.list_jobs(
-        services.db, statuses=statuses or None, text=text.strip() or None, limit=LIMIT
+        services.db,
+        statuses=statuses or None,
+        text=text.strip() or None,
+        limit=LIMIT,
+        visible_to=person,
+        owner=owner,
     )
     if not items:
-        st.info("No jobs match." if statuses or text else "No jobs yet.")
+        st.info("No jobs match." if statuses or text or owner is not None else "No jobs yet.")
         st.page_link(common.NEW_JOB_PAGE, label="Create a job", icon=":material/add:")
         return
     frame = _table(items)
@@ -78,6 +99,7 @@ def job_list() -> None:
             "failed",
             "pending",
             "age",
+            *(["owner"] if show_owner else []),
         ],
         column_config={
             "open": st.column_config.LinkColumn("Job", display_text=r"id=(.*)$", width="small"),
@@ -92,6 +114,7 @@ def job_list() -> None:
             "failed": st.column_config.NumberColumn("Failed"),
             "pending": st.column_config.NumberColumn("Pending"),
             "age": "Created",
+            "owner": st.column_config.TextColumn("Owner"),
         },
     )
     selected = event.selection.rows if event is not None else []
@@ -106,6 +129,8 @@ def job_list() -> None:
 
 active = any(
     item.job.status in ("queued", "running")
-    for item in jobs.list_jobs(services.db, statuses=["queued", "running"], limit=1)
+    for item in jobs.list_jobs(
+        services.db, statuses=["queued", "running"], limit=1, visible_to=person
+    )
 )
 st.fragment(run_every=REFRESH_SECONDS if active else None)(job_list)()

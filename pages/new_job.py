@@ -21,7 +21,7 @@ from downloader.naming import unique_folder_names
 from downloader.templates import TemplateError, check_template, column_field
 from downloader.ui_queries import GridParse, clean_grid_rows, grid_fingerprint, parse_grid
 from pages import _common as common
-from pages import _grid, _outputs
+from pages import _grid, _identity, _outputs
 
 GRID = "Paste into the grid"
 FILE = "Upload a file"
@@ -30,6 +30,7 @@ SOURCES = [GRID, FILE, TEXT]
 
 services = common.services()
 settings = services.settings
+person = _identity.require_viewer()
 state = st.session_state
 
 state.setdefault("grid_epoch", 0)
@@ -362,8 +363,13 @@ def queue(
     options: JobOptions | None = None,
 ) -> None:
     who = common.session_id()
-    try:
-        jobs.check_rate_limit(services.db, who, settings.job_rate_limit_per_minute)
+    try:  # per person (not per browser session): downloader.identity
+        jobs.check_owner_limits(
+            services.db,
+            person.owner,
+            per_minute=settings.job_rate_limit_per_minute,
+            max_active=settings.max_active_jobs_per_user,
+        )
     except jobs.RateLimited as exc:
         st.error(str(exc), icon=":material/hourglass_top:")
         return
@@ -374,6 +380,7 @@ def queue(
             name=name,
             source=source,
             created_by=who,
+            owner=person.owner,
             request_headers=headers,
             options=options,
         )

@@ -1,22 +1,26 @@
-"""System check: database, storage, engine, free disk, and the effective settings."""
+"""System check: database, storage, engine, free disk, sign-in, and the effective settings."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from downloader import health, jobs
+from downloader import health, identity, jobs
 from downloader.redact import redact_text
 from pages import _common as common
+from pages import _identity
 
 services = common.services()
 settings = services.settings
+_identity.require_viewer()
 
 st.title("System check")
 if st.button("Check again", icon=":material/refresh:"):
     st.rerun()
 
-checks = health.system_check(services)
+# Which sign-in is configured (docs/identity.md): information, never a failure.
+sign_in = health.Check("Sign-in", True, identity.describe(settings, _identity.mode()))
+checks = [*health.system_check(services), sign_in]
 healthy = all(check.ok for check in checks)
 if healthy:
     st.success("Everything needed is working.", icon=":material/check_circle:")

@@ -9,6 +9,7 @@ only `from downloader import jobs`:
 - details: inside one job: per-product progress, images, failures, rejected rows
 - control: pause, resume, cancel, retry, delete
 - headers: a job's own request headers (replace; names and hosts for the job page)
+- access: who may open a job (its owner and admins; downloader.identity)
 - downloader/exports.py: ZIPs and the manifest; downloader/report.py: the Excel report
 - downloader/outputs: output options (conversion, marketplace checks) and warning counts
 """
@@ -23,9 +24,17 @@ from downloader.exports import (
     product_zip_bytes,
     zip_file_name,
 )
+from downloader.jobs.access import (
+    DownloadRefused,
+    job_for,
+    job_owners,
+    job_to_download,
+    require_job,
+)
 from downloader.jobs.control import cancel_job, delete_job, pause_job, resume_job, retry_failed
 from downloader.jobs.create import (
     INSERT_CHUNK,
+    check_owner_limits,
     check_rate_limit,
     create_job,
     find_unfinished_job,
@@ -53,6 +62,7 @@ from downloader.jobs.headers import (
 )
 from downloader.jobs.progress import (
     IMAGE_STATES,
+    NO_OWNER,
     PLACE_LABELS,
     JobCounts,
     JobListItem,
@@ -72,8 +82,10 @@ __all__ = [
     "FAILED_COLUMNS",
     "IMAGE_STATES",
     "INSERT_CHUNK",
+    "NO_OWNER",
     "PLACE_LABELS",
     "REJECTED_COLUMNS",
+    "DownloadRefused",
     "HeaderError",
     "ImageInfo",
     "JobCounts",
@@ -84,6 +96,7 @@ __all__ = [
     "RateLimited",
     "RequestHeaders",
     "cancel_job",
+    "check_owner_limits",
     "check_rate_limit",
     "checks_dict",
     "create_job",
@@ -95,8 +108,11 @@ __all__ = [
     "get_job",
     "insert_job",
     "job_counts",
+    "job_for",
+    "job_owners",
     "job_place",
     "job_summary",
+    "job_to_download",
     "job_zip",
     "list_jobs",
     "live_workers",
@@ -115,6 +131,7 @@ __all__ = [
     "report_bytes",
     "report_file_name",
     "request_headers_shown",
+    "require_job",
     "resume_job",
     "retry_failed",
     "set_request_headers",

@@ -1,4 +1,9 @@
-"""Controlling jobs: pause, resume, cancel, retry failures, delete."""
+"""Controlling jobs: pause, resume, cancel, retry failures, delete.
+
+Each takes the person asking (`person`, downloader.identity.Viewer): for anyone but the job's
+owner and admins it raises JobNotFound, exactly as for a job that does not exist. None (the
+command line, tests) may control every job.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +13,28 @@ from sqlalchemy import delete, update
 
 from downloader import queue
 from downloader.db import Database, rowcount
+from downloader.identity import Viewer
+from downloader.jobs.access import require_job
 from downloader.models import IMAGE, JOB, PRODUCT, REJECTED_ROW, ImageStatus, JobStatus
 from downloader.storage import Storage
 
 
-def pause_job(db: Database, job_id: str) -> bool:
+def pause_job(db: Database, job_id: str, *, person: Viewer | None = None) -> bool:
+    require_job(db, job_id, person)
     return _set_status(db, job_id, [JobStatus.QUEUED, JobStatus.RUNNING], JobStatus.PAUSED)
 
 
-def resume_job(db: Database, job_id: str) -> bool:
+def resume_job(db: Database, job_id: str, *, person: Viewer | None = None) -> bool:
+    require_job(db, job_id, person)
     changed = _set_status(db, job_id, [JobStatus.PAUSED], JobStatus.RUNNING)
     if changed:
         queue.settle_job(db, job_id)
     return changed
 
 
-def cancel_job(db: Database, job_id: str) -> bool:
+def cancel_job(db: Database, job_id: str, *, person: Viewer | None = None) -> bool:
     """Stop a job: queued images become skipped; downloads already running finish."""
+    require_job(db, job_id, person)
     with db.write() as session:
         changed = rowcount(
             session.execute(
@@ -46,10 +56,11 @@ def cancel_job(db: Database, job_id: str) -> bool:
     return bool(changed)
 
 
-def retry_failed(db: Database, job_id: str) -> int:
+def retry_failed(db: Database, job_id: str, *, person: Viewer | None = None) -> int:
     """Queue failed (and skipped) images again and reopen the job at the back of the queue:
     claims go by `queued_at`, so jobs queued since are served first (an old job's creation
     time would put its retries ahead of them). `created_at` stays for display."""
+    require_job(db, job_id, person)
     with db.write() as session:
         count = rowcount(
             session.execute(
@@ -78,8 +89,11 @@ def _set_status(db: Database, job_id: str, from_states: list[JobStatus], to: Job
     return bool(rowcount(result))
 
 
-def delete_job(db: Database, storage: Storage, job_id: str) -> None:
+def delete_job(
+    db: Database, storage: Storage, job_id: str, *, person: Viewer | None = None
+) -> None:
     """Remove the job's stored files and every row it owns."""
+    require_job(db, job_id, person)
     storage.delete_prefix(f"jobs/{job_id}/")
     with db.write() as session:
         for table in (IMAGE, REJECTED_ROW, PRODUCT):

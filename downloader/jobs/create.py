@@ -26,8 +26,38 @@ if TYPE_CHECKING:
 INSERT_CHUNK = 20_000  # rows per executemany
 
 
+def check_owner_limits(db: Database, owner: str, *, per_minute: int, max_active: int) -> None:
+    """Refuse a new job for `owner` (one person, whatever browser sessions they use) when
+    they created `per_minute` jobs in the last minute (JOB_RATE_LIMIT_PER_MINUTE), or have
+    `max_active` jobs queued or running (MAX_ACTIVE_JOBS_PER_USER); 0 turns either off."""
+    with db.read() as session:
+        recent = session.execute(
+            select(func.count())
+            .select_from(JOB)
+            .where(JOB.c.owner == owner, JOB.c.created_at > time.time() - 60)
+        ).scalar_one()
+        active = session.execute(
+            select(func.count())
+            .select_from(JOB)
+            .where(
+                JOB.c.owner == owner,
+                JOB.c.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+            )
+        ).scalar_one()
+    if per_minute > 0 and recent >= per_minute:
+        raise RateLimited(
+            f"You created {recent} jobs in the last minute (limit {per_minute}); wait a moment."
+        )
+    if max_active > 0 and active >= max_active:
+        raise RateLimited(
+            f"You have {active} jobs queued or running (limit {max_active} per person); wait "
+            "for one to finish, or pause or cancel one, before starting another."
+        )
+
+
 def check_rate_limit(db: Database, created_by: str, per_minute: int) -> None:
-    """Refuse a job when this session created `per_minute` jobs in the last minute."""
+    """Refuse a job when this session created `per_minute` jobs in the last minute (by the
+    old per-session `created_by`; the app counts per person: check_owner_limits)."""
     if per_minute <= 0 or not created_by:
         return
     with db.read() as session:
@@ -49,13 +79,15 @@ def create_job(
     name: str = "",
     source: str = "",
     created_by: str = "",
+    owner: str | None = None,
     fingerprint: str | None = None,
     request_headers: RequestHeaders | None = None,
     options: JobOptions | None = None,
 ) -> JobPublic:
     """Queue every valid row of `parsed` as one job, in bulk inserts (`fingerprint`: its
     input_fingerprint, when the caller has it already; `request_headers`: the job's own,
-    stored on the job for the engines, downloader.request_headers)."""
+    stored on the job for the engines, downloader.request_headers; `owner`: who the job
+    belongs to, downloader.identity)."""
     from downloader.inputs.to_rows import job_rows
 
     return insert_job(
@@ -64,6 +96,7 @@ def create_job(
         name=name,
         source=source,
         created_by=created_by,
+        owner=owner,
         request_headers=request_headers,
         options=options,
     )
@@ -76,6 +109,7 @@ def insert_job(
     name: str = "",
     source: str = "",
     created_by: str = "",
+    owner: str | None = None,
     request_headers: RequestHeaders | None = None,
     options: JobOptions | None = None,
 ) -> JobPublic:
@@ -97,6 +131,7 @@ def insert_job(
         name=name[:200],
         source=source[:300],
         created_by=created_by[:64],
+        owner=owner[:320] if owner else None,
         products=len(rows.products),
         images=rows.images,
         rejected_rows=len(rows.rejected),

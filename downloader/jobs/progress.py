@@ -14,9 +14,11 @@ from sqlalchemy import Exists, exists, func, or_, select
 from downloader.claims import use_job_status_index
 from downloader.db import Database
 from downloader.errors import JobNotFound
+from downloader.identity import Viewer
 from downloader.models import IMAGE, JOB, WORKER, ImageStatus, Job, JobPublic, JobStatus, Worker
 
 IMAGE_STATES = [s.value for s in ImageStatus]
+NO_OWNER = ""  # list_jobs(owner=NO_OWNER): the jobs made before owners were recorded
 
 
 @dataclass
@@ -141,9 +143,19 @@ def list_jobs(
     statuses: list[str] | None = None,
     text: str | None = None,
     limit: int = 100,
+    visible_to: Viewer | None = None,
+    owner: str | None = None,
 ) -> list[JobListItem]:
+    """The newest jobs, with their counts. `visible_to`: only the jobs that person may see
+    (downloader.identity: their own; every job for admins and in single-user mode);
+    `owner`: only that owner's jobs (NO_OWNER: the jobs made before owners)."""
     with db.read() as session:
         query = select(Job).order_by(JOB.c.created_at.desc()).limit(limit)
+        if visible_to is not None and not visible_to.sees_everything:
+            query = query.where(JOB.c.owner == visible_to.email)
+        if owner is not None:
+            mine = JOB.c.owner.is_(None) if owner == NO_OWNER else JOB.c.owner == owner
+            query = query.where(mine)
         if statuses:
             query = query.where(JOB.c.status.in_(statuses))
         if text:
