@@ -30,6 +30,7 @@ from downloader.csvsafe import excel_safe
 from downloader.db import Database
 from downloader.export_names import job_options
 from downloader.exports import manifest_rows
+from downloader.fetch.sniff import pillow_image
 from downloader.manifest import ManifestRow
 from downloader.outputs.convert import MAX_PIXELS, worker_count
 from downloader.storage import Storage
@@ -99,6 +100,7 @@ class _ProductSummary:
 def thumbnail(data: bytes, side: int = THUMBNAIL_SIDE) -> bytes | None:
     """A small JPEG of an image file, or None for one that cannot be read. The pixel limit
     is checked from the header before decoding; JPEGs decode at a reduced scale."""
+    pillow_image()  # AVIF, HEIC/HEIF and JPEG XL, as the download's checks read them
     try:
         with Image.open(io.BytesIO(data)) as opened:
             if opened.width * opened.height > MAX_PIXELS:

@@ -114,3 +114,32 @@ def test_options_are_validated_with_one_sentence() -> None:
     assert OutputProfile.from_options(
         JobOptions(convert="png", background="navy")
     ) == OutputProfile("png", background=(0, 0, 128))
+
+
+def test_every_accepted_format_converts_in_a_fresh_worker_process(tmp_path: Path) -> None:
+    """HEIC, JPEG XL and AVIF decode through plugins that a spawned worker must register
+    itself (the engine's own process registered them when it sniffed the download)."""
+    from tests.support.image_samples import samples
+
+    pool = ConvertPool(1)
+    try:
+        for name, data in samples().items():
+            dest = tmp_path / f"{name}.jpg"
+            done = asyncio.run(pool.convert(data, str(dest), OutputProfile("jpeg", max_side=64)))
+            with Image.open(dest) as image:
+                assert image.format == "JPEG" and max(image.size) <= 64, name
+                assert (image.width, image.height) == (done.width, done.height), name
+    finally:
+        pool.close()
+
+
+def test_the_report_makes_a_thumbnail_of_every_accepted_format() -> None:
+    from downloader.report import THUMBNAIL_SIDE, thumbnail
+    from tests.support.image_samples import samples
+
+    for name, data in samples().items():
+        small = thumbnail(data)
+        assert small is not None, name
+        with Image.open(io.BytesIO(small)) as image:
+            assert image.format == "JPEG" and max(image.size) <= THUMBNAIL_SIDE, name
+    assert thumbnail(b"not an image") is None

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from PIL import Image, ImageCms, ImageOps
 
+from downloader.fetch.sniff import pillow_image
 from downloader.outputs.profile import DEFAULT_QUALITY, OutputProfile
 
 # Pillow's own decompression-bomb limit, and the one the download's checks use
@@ -52,6 +53,7 @@ def convert_file(
     source: str | bytes, dest: str, profile: OutputProfile, max_pixels: int = MAX_PIXELS
 ) -> Converted:
     """Convert `source` (a file path, or the bytes of a small body) to `dest` per `profile`."""
+    pillow_image()  # AVIF, HEIC/HEIF and JPEG XL registered as the download's checks have them
     Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's own check as a second line
     handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
     try:
