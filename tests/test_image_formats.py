@@ -261,3 +261,34 @@ def test_the_job_page_describes_each_image() -> None:
     assert describe_details("RGBA", True, 3, "sRGB built-in", 6) == (
         "RGBA · alpha · 3 frames · ICC: sRGB built-in · rotated 90°"
     )
+
+
+def test_a_decode_worker_killed_on_a_file_fails_that_file_and_the_next_gets_a_new_pool() -> None:
+    """As when the kernel's out-of-memory killer or a decoder's crash ends a worker."""
+    import os
+    import signal
+
+    from PIL import Image
+
+    from downloader.fetch import verify
+
+    noise = Image.frombytes("RGB", (3000, 3000), os.urandom(3000 * 3000 * 3))
+    heavy = encode(noise, "PNG", compress_level=1)
+
+    async def kill_while_decoding() -> None:
+        pool = verify._executor()
+        task = asyncio.ensure_future(verify._decode_in_pool(heavy, "png"))
+        for _ in range(3000):  # until the pool has spawned its workers (at most 30 s)
+            if pool._processes:
+                break
+            await asyncio.sleep(0.01)
+        for process in list(pool._processes.values()):
+            if process.pid is not None:
+                os.kill(process.pid, signal.SIGKILL)
+        with pytest.raises(SniffError) as caught:
+            await task
+        assert caught.value.code == "corrupt_image"
+        assert "the decoder stopped on it" in caught.value.message
+
+    asyncio.run(kill_while_decoding())
+    assert check(SAMPLES["rgb.png"], "full").details.dhash is not None  # type: ignore[attr-defined]

@@ -1,7 +1,8 @@
 """The check a finished body goes through before it counts as an image: `ImageCheck`.
 
 Always: the format, the declared sizes and the whole-file structure walk (sniff.image_info);
-a body in memory is walked inline (tens of microseconds), a spooled file in a worker thread.
+a body in memory is walked inline (tens of microseconds), a spooled file (or a HEIF, which
+Pillow opens) in a worker thread.
 
 `VERIFY_IMAGES=full` then decodes every image, and a bare JPEG XL codestream (which has no end
 marker to walk to) is decoded whatever the setting. Decoding runs in a process pool sized to
@@ -20,6 +21,7 @@ import atexit
 import os
 import threading
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import anyio
@@ -34,10 +36,14 @@ from downloader.fetch.sniff import (
     ImageInfo,
     SniffError,
     image_info,
+    sniff_format,
 )
 from downloader.fetch.structure import Details
 
 VERIFY_MODES = ("structure", "full")
+#: Formats whose check asks Pillow to open the file (HEIF: libheif parses the container, about
+#: a millisecond): checked in a worker thread even when the body is in memory.
+IN_A_THREAD = frozenset({"heic"})
 MAX_TASKS_PER_CHILD = 200
 #: Most pixels decoded for one file, all frames together (a long animation is checked up to it).
 MAX_DECODED_PIXELS = 4 * MAX_IMAGE_PIXELS
@@ -55,14 +61,18 @@ class ImageCheck:
 
     async def check(self, path: Path | None, head: bytes, data: bytes | None) -> ImageInfo:
         """The image's info; raises SniffError with the failure's code and sentence."""
-        if data is not None:
+        if data is not None and sniff_format(data[:HEAD_BYTES]) not in IN_A_THREAD:
             info = image_info(None, data[:HEAD_BYTES], data, self.accepted)
+        elif data is not None:
+            info = await anyio.to_thread.run_sync(
+                image_info, None, data[:HEAD_BYTES], data, self.accepted
+            )
         else:
             info = await anyio.to_thread.run_sync(image_info, path, head, None, self.accepted)
         if self.verify == "full" or info.format == "jxl":
             source = data if data is not None else path
             assert source is not None
-            details = await asyncio.wrap_future(_executor().submit(decode, source, info.format))
+            details = await _decode_in_pool(source, info.format)
             _merge(info.details, details)
         return info
 
@@ -73,6 +83,29 @@ def _merge(into: Details, decoded: Details) -> None:
     into.has_alpha = into.has_alpha if into.has_alpha is not None else decoded.has_alpha
     into.icc_profile = into.icc_profile or decoded.icc_profile
     into.frames = max(into.frames, decoded.frames)
+
+
+async def _decode_in_pool(source: Path | bytes, fmt: str) -> Details:
+    """`decode` in the pool. A worker that dies on a file (a decoder's crash, the kernel's
+    out-of-memory killer) breaks the whole pool: the file fails, and the next one gets a
+    new pool."""
+    pool = _executor()
+    try:
+        return await asyncio.wrap_future(pool.submit(decode, source, fmt))
+    except BrokenProcessPool:
+        _discard(pool)
+        raise SniffError(
+            "corrupt_image",
+            f"The {FORMAT_NAMES[fmt]} could not be decoded: the decoder stopped on it.",
+        ) from None
+
+
+def _discard(pool: ProcessPoolExecutor) -> None:
+    global _pool
+    with _pool_lock:
+        if _pool is pool:
+            _pool = None
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _executor() -> ProcessPoolExecutor:
