@@ -63,6 +63,13 @@ def test_a_jpeg_without_its_end_marker_is_truncated(name: str) -> None:
     )
 
 
+def test_stray_bytes_between_jpeg_segments_are_skipped_as_decoders_do() -> None:
+    data = SAMPLES["baseline.jpg"]
+    app0_end = 4 + int.from_bytes(data[4:6], "big")
+    junk = data[:app0_end] + b"\x00\x00\x17" + data[app0_end:]
+    assert image_info(None, junk[:64], junk).format == "jpg"
+
+
 def test_a_png_missing_its_end_chunk_is_truncated() -> None:
     data = SAMPLES["rgb.png"]
     error = refused(data[:-12])  # IEND is the last 12 bytes

@@ -300,7 +300,7 @@ def _webp(buf: Buffer, walk: FrameWalk) -> Details:
     (declared,) = struct.unpack_from("<I", buf, 4)
     if declared + 8 > end:
         raise truncated("The WebP ends before its declared size (the file is cut short).")
-    if declared & 1 or declared < 12:
+    if declared < 12:
         raise corrupt("The WebP declares an invalid size.")
     stop = declared + 8
     walk.webp(buf[:stop] if stop < end else buf)  # every bitstream and frame against the canvas

@@ -32,7 +32,11 @@ def check(buf: Buffer, walk: FrameWalk) -> Details:
         if pos + 2 > end:
             raise truncated(_JPEG_CUT)
         if buf[pos] != 0xFF:
-            raise corrupt("The JPEG has stray bytes where a marker should be (a damaged file).")
+            # Stray bytes between segments: decoders (libjpeg, Pillow) skip them and read on.
+            pos = buf.find(b"\xff", pos)
+            if pos < 0:
+                raise truncated(_JPEG_CUT)
+            continue
         marker = buf[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
