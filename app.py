@@ -64,6 +64,7 @@ def main() -> None:
         ),
         st.Page("pages/jobs.py", title="Jobs", icon=":material/list_alt:", url_path="jobs"),
         st.Page("pages/job.py", title="Job detail", icon=":material/monitoring:", url_path="job"),
+        st.Page("pages/tokens.py", title="API tokens", icon=":material/key:", url_path="tokens"),
         st.Page(
             "pages/system.py",
             title="System check",
@@ -251,14 +252,25 @@ def _stall_guarded_response() -> Any:
 
 def routes(prefix: str = "") -> list[Any]:
     """The download routes (prefix = server.baseUrlPath, as "/path" or "")."""
-    from starlette.routing import Route
+    from starlette.routing import Mount, Route
+
+    from downloader.api import create_api, metrics
 
     return [
         Route(f"{prefix}/download/job/{{job_id}}.zip", _export_endpoint("zip")),
         Route(f"{prefix}/download/job/{{job_id}}/manifest.csv", _export_endpoint("manifest")),
         Route(f"{prefix}/download/job/{{job_id}}/failed.csv", _export_endpoint("failed")),
         Route(f"{prefix}/download/job/{{job_id}}/rejected.csv", _export_endpoint("rejected")),
+        # the HTTP API (downloader/api, docs/api.md) and Prometheus metrics (METRICS_ENABLED)
+        Mount(f"{prefix}/api", app=create_api(_installed_services)),
+        Route(f"{prefix}/metrics", metrics.endpoint(_installed_services)),
     ]
+
+
+def _installed_services() -> Any:
+    from pages import _common
+
+    return _common.installed_services()
 
 
 def _base_prefix() -> str:

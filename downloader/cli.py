@@ -130,6 +130,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="the system check; non-zero exit when unhealthy")
     common(p)
     p.set_defaults(handler=cmd_check)
+
+    from downloader.cli_tokens import add_token_parser
+
+    add_token_parser(sub, common)  # token create|list|revoke (the HTTP API's tokens)
     return parser
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 from sqlalchemy.exc import IntegrityError
 
-from downloader import queue, retention, worker_registry
+from downloader import queue, retention, webhooks, worker_registry
 from downloader.db import Database
 from downloader.fetch import Fetcher, FetchOutcome
 from downloader.fetch.limits import scaled
@@ -152,6 +152,8 @@ class Engine:
                     housekeeping.start_soon(self._flush_loop)
                     if self.kind in ("worker", "embedded") and self.settings.job_retention_days:
                         housekeeping.start_soon(self._retention_loop)
+                    if self.kind in ("worker", "embedded"):  # job webhooks (HTTP API)
+                        housekeeping.start_soon(webhooks.webhook_loop, self.db, self.settings)
                     if self.auto_share:
                         live = await self._update_share(fetcher)
                         housekeeping.start_soon(self._share_loop, fetcher)

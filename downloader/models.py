@@ -76,6 +76,13 @@ class Job(JobBase, table=True):
     input_sha256: str = Field(
         default="", max_length=64, index=True, description="fingerprint of the queued rows"
     )
+    # The webhook (HTTP API, downloader/webhooks.py): the target POSTed once when the job
+    # ends, shown to the owner only, and its delivery: pending | sending | sent | failed.
+    callback_url: str | None = Field(default=None, max_length=2048)
+    webhook_status: str | None = Field(default=None, max_length=12)
+    webhook_attempts: int | None = None
+    webhook_error: str | None = Field(default=None, max_length=300)
+    webhook_sent_at: float | None = None  # the last attempt's (or claim's) time
 
 
 class JobPublic(JobBase):
@@ -184,6 +191,34 @@ class Worker(SQLModel, table=True):
     done_total: int = 0
 
 
+class ApiToken(SQLModel, table=True):
+    """A personal bearer token of the HTTP API (downloader/tokens.py): only its hash is kept."""
+
+    __tablename__ = "api_token"
+    id: str = Field(default_factory=new_job_id, primary_key=True, max_length=32)
+    owner: str = Field(max_length=320, index=True)
+    name: str = Field(default="", max_length=100)
+    token_hash: str = Field(
+        max_length=64, unique=True, index=True, description="SHA-256 hex of the secret"
+    )
+    created_at: float = Field(default_factory=time.time)
+    last_used_at: float | None = None
+    expires_at: float | None = None
+    revoked_at: float | None = None
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """The job a POST /api/v1/jobs with an Idempotency-Key made (per owner, for 24 h)."""
+
+    __tablename__ = "idempotency_key"
+    __table_args__ = (UniqueConstraint("owner", "key", name="uq_idempotency_owner_key"),)
+    id: int | None = Field(default=None, primary_key=True)
+    owner: str = Field(max_length=320)
+    key: str = Field(max_length=200)
+    job_id: str | None = Field(default=None, max_length=32)  # None while the job is made
+    created_at: float = Field(default_factory=time.time)
+
+
 # Typed Core tables for query expressions: `IMAGE.c.status.in_(...)` type-checks, whereas
 # SQLModel's class attributes are declared as plain Python values.
 JOB: Table = Job.__table__  # type: ignore[attr-defined]
@@ -191,3 +226,5 @@ PRODUCT: Table = Product.__table__  # type: ignore[attr-defined]
 IMAGE: Table = Image.__table__  # type: ignore[attr-defined]
 REJECTED_ROW: Table = RejectedRow.__table__  # type: ignore[attr-defined]
 WORKER: Table = Worker.__table__  # type: ignore[attr-defined]
+API_TOKEN: Table = ApiToken.__table__  # type: ignore[attr-defined]
+IDEMPOTENCY_KEY: Table = IdempotencyKey.__table__  # type: ignore[attr-defined]

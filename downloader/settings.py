@@ -107,6 +107,15 @@ class Settings(BaseSettings):
         3600, ge=60, le=7 * 86400, description="seconds a signed download link stays valid"
     )
 
+    # HTTP API (docs/api.md): webhooks and metrics
+    webhook_secret: str | None = Field(
+        None, min_length=16, description="HMAC-SHA256 key of X-Signature-256; unset = no webhooks"
+    )
+    webhook_allowlist: CsvList = Field(
+        default_factory=list, description="CIDRs a callback_url may reach besides public ones"
+    )
+    metrics_enabled: bool = Field(False, description="serve GET /metrics (Prometheus)")
+
     # Workers
     job_retention_days: int = Field(30, ge=0, description="0 = keep forever")
     worker_lease_seconds: float = Field(30, gt=0)
@@ -117,7 +126,12 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
-        "allowed_private_networks", "url_allowlist", "url_denylist", "admin_users", mode="before"
+        "allowed_private_networks",
+        "url_allowlist",
+        "url_denylist",
+        "admin_users",
+        "webhook_allowlist",
+        mode="before",
     )
     @classmethod
     def _split_csv(cls, value: object) -> object:
@@ -144,7 +158,7 @@ class Settings(BaseSettings):
             )
         return [fmt for fmt in IMAGE_FORMATS if fmt in value]  # one order, no repeats
 
-    @field_validator("allowed_private_networks")
+    @field_validator("allowed_private_networks", "webhook_allowlist")
     @classmethod
     def _check_cidrs(cls, value: list[str]) -> list[str]:
         for cidr in value:
@@ -169,7 +183,7 @@ class Settings(BaseSettings):
             raise ValueError("only http:// and https:// proxies are supported")
         return value
 
-    @field_validator("download_link_secret", mode="before")
+    @field_validator("download_link_secret", "webhook_secret", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -43,6 +43,8 @@ def test_the_module_defines_an_st_app_with_the_download_routes() -> None:
         "/download/job/{job_id}/manifest.csv",
         "/download/job/{job_id}/failed.csv",
         "/download/job/{job_id}/rejected.csv",
+        "/api",  # the HTTP API (downloader/api)
+        "/metrics",
     ]
     prefixed = app_module.routes("/tools")[0]
     assert prefixed.path == "/tools/download/job/{job_id}.zip"
