@@ -137,7 +137,7 @@ def _export_endpoint(kind: str) -> Any:
     from starlette.requests import Request
     from starlette.responses import PlainTextResponse, Response
 
-    from downloader import exports, jobs
+    from downloader import byte_ranges, exports, jobs
     from downloader.models import JobStatus
     from downloader.read_ahead import read_ahead
     from pages import _common
@@ -155,6 +155,7 @@ def _export_endpoint(kind: str) -> Any:
             return PlainTextResponse(f"No job with id {job_id!r}.", 404)
         body: Iterator[bytes] | Iterator[bytes | memoryview]
         headers: dict[str, str] = {}
+        status = 200
         if kind == "zip":
             body = jobs.job_zip(services.db, services.storage, job.id)
             name, media = jobs.zip_file_name(job), "application/zip"
@@ -166,7 +167,18 @@ def _export_endpoint(kind: str) -> Any:
                 size = await run_in_threadpool(
                     exports.job_zip_size, services.db, services.storage, job.id
                 )
-                headers["Content-Length"] = str(size)
+                # ... and so is a range of it: resumed downloads (downloader.byte_ranges)
+                answer = byte_ranges.plan(
+                    size,
+                    byte_ranges.zip_etag(job.id, size, job.finished_at),
+                    request.headers.get("range"),
+                    request.headers.get("if-range"),
+                )
+                if answer.status == 416:  # (the ZIP's generator has not started: nothing open)
+                    return PlainTextResponse("Range Not Satisfiable", 416, answer.headers)
+                headers, status = answer.headers, answer.status
+                if status == 206:
+                    body = byte_ranges.sliced(body, answer.start, answer.end)
         elif kind == "manifest":
             body = jobs.manifest_csv(services.db, job.id)
             name, media = f"job-{job.id}-manifest.csv", "text/csv; charset=utf-8"
@@ -178,6 +190,7 @@ def _export_endpoint(kind: str) -> Any:
             name, media = f"job-{job.id}-rejected.csv", "text/csv; charset=utf-8"
         return _stall_guarded_response()(
             read_ahead(body),
+            status_code=status,
             media_type=media,
             headers=_attachment(name) | headers,
             stall_timeout=services.settings.download_stall_timeout,

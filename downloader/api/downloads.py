@@ -9,12 +9,12 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from downloader import exports, jobs
+from downloader import byte_ranges, exports, jobs
 from downloader.api.auth import Caller, CallerDep
-from downloader.api.errors import ERRORS, ApiError
+from downloader.api.errors import ERRORS, ApiError, ErrorBody
 from downloader.api.routes import visible_job
 from downloader.api.streaming import StallGuardedResponse
 from downloader.models import JobStatus
@@ -24,6 +24,10 @@ router = APIRouter(tags=["downloads"], responses=ERRORS)
 SIZED_ZIP_MAX_IMAGES = 100_000  # as app.py: bigger ZIPs start at once, without a length
 ZIP: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/zip": {}}, "description": "The ZIP, streamed"}
+}
+RANGED: dict[int | str, dict[str, Any]] = {
+    206: {"content": {"application/zip": {}}, "description": "One byte range of the ZIP"},
+    416: {"model": ErrorBody, "description": "The range is outside the ZIP"},
 }
 CSV: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/csv": {}}, "description": "The CSV (UTF-8 with BOM), streamed"}
@@ -49,16 +53,39 @@ def _send(who: Caller, body: Iterator[Any], name: str, media: str, **more: str) 
     )
 
 
-@router.get("/v1/jobs/{job_id}/zip", responses=ZIP, summary="The master ZIP")
-async def master_zip(job_id: str, who: CallerDep) -> Any:
+@router.get(
+    "/v1/jobs/{job_id}/zip",
+    responses=ZIP | RANGED,
+    summary="The master ZIP (a finished job's with HTTP Range)",
+)
+async def master_zip(job_id: str, request: Request, who: CallerDep) -> Any:
     services = who.services
     job = await run_in_threadpool(visible_job, who, job_id)
-    more = {}
+    more: dict[str, str] = {}
+    status, start, end = 200, 0, -1
     if job.status == JobStatus.COMPLETED and job.images <= SIZED_ZIP_MAX_IMAGES:
+        # a finished job's ZIP is the same bytes every time, of a known length: ranges hold
         size = await run_in_threadpool(exports.job_zip_size, services.db, services.storage, job.id)
-        more["Content-Length"] = str(size)
-    body = jobs.job_zip(services.db, services.storage, job.id)
-    return _send(who, body, jobs.zip_file_name(job), "application/zip", **more)
+        answer = byte_ranges.plan(
+            size,
+            byte_ranges.zip_etag(job.id, size, job.finished_at),
+            request.headers.get("range"),
+            request.headers.get("if-range"),
+        )
+        if answer.status == 416:
+            raise ApiError(
+                416,
+                "range_not_satisfiable",
+                f"The ZIP has {size} bytes; the range asked for is outside it.",
+                headers=answer.headers,
+            )
+        more, status, start, end = answer.headers, answer.status, answer.start, answer.end
+    body: Iterator[Any] = jobs.job_zip(services.db, services.storage, job.id)
+    if status == 206:
+        body = byte_ranges.sliced(body, start, end)
+    response = _send(who, body, jobs.zip_file_name(job), "application/zip", **more)
+    response.status_code = status
+    return response
 
 
 @router.get(
