@@ -143,6 +143,15 @@ if own_headers is not None:
             st.caption("Any format the CDN prefers (WebP/AVIF) is accepted.")
         st.caption("Values are never shown; they are deleted with the job.")
 
+# The job's webhook delivery (when it has a callback): its state for whoever may open the job,
+# its target (redacted) for its owner only.
+if hook := jobs.webhook_view(db, job.id, person.email):
+    st.caption(
+        common.md_text(hook.line, limit=400)
+        + (f" · to {common.md_text(hook.url)}" if hook.url else ""),
+        help="A signed POST when the job ends, retried with backoff (docs/api.md).",
+    )
+
 
 # ---------------------------------------------------------------- live progress
 

@@ -74,6 +74,7 @@ from downloader.jobs.progress import (
     list_jobs,
     live_workers,
 )
+from downloader.jobs.webhook_view import WebhookView, webhook_view
 from downloader.outputs.checks import warning_counts
 from downloader.outputs.profile import OptionError, checks_dict, validate_output_options
 from downloader.report import report_bytes, report_file_name, write_report
@@ -95,6 +96,7 @@ __all__ = [
     "OptionError",
     "RateLimited",
     "RequestHeaders",
+    "WebhookView",
     "cancel_job",
     "check_owner_limits",
     "check_rate_limit",
@@ -137,6 +139,7 @@ __all__ = [
     "set_request_headers",
     "validate_output_options",
     "warning_counts",
+    "webhook_view",
     "write_report",
     "zip_file_name",
 ]
