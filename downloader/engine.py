@@ -27,6 +27,7 @@ from downloader.fetch.structure import Details
 from downloader.job_headers import JobHeaderCache
 from downloader.leases import LeaseBook
 from downloader.models import ImageStatus
+from downloader.near_duplicates import signed64
 from downloader.outputs.stage import ConvertError, OutputStage
 from downloader.queue import Claim, Result
 from downloader.redact import redact_logger
@@ -388,6 +389,7 @@ class Engine:
             frames=details.frames,
             icc_profile=details.icc_profile,
             orientation=details.orientation,
+            dhash=None if details.dhash is None else signed64(details.dhash),
             output_format=output.output_format,
             output_bytes=output.output_bytes,
             output_width=output.output_width,

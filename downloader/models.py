@@ -105,7 +105,7 @@ class Product(SQLModel, table=True):
     )
     id: int | None = Field(default=None, primary_key=True)
     job_id: str = Field(foreign_key="job.id", max_length=32)
-    number: str = Field(max_length=64)
+    number: str = Field(max_length=128)  # as typed: 1-128 characters (inputs.model)
     # The product's folder and file-name prefix in every export (downloader.naming): safe on
     # every file system, unique in its job ignoring case; None for rows written without one
     folder: str | None = Field(default=None, max_length=200)
@@ -152,6 +152,9 @@ class Image(SQLModel, table=True):
     frames: int | None = None
     icc_profile: str | None = Field(default=None, max_length=100)
     orientation: int | None = None
+    # The decoded picture's 64-bit dHash stored as a signed BIGINT (near_duplicates.py), for
+    # near-duplicates within a product; None unless the image was decoded (VERIFY_IMAGES=full)
+    dhash: int | None = Field(default=None, sa_type=BigInteger)
     # The converted output the ZIPs hold when the job converts (None: the original is kept).
     output_format: str | None = Field(default=None, max_length=8)
     output_bytes: int | None = Field(default=None, sa_type=BigInteger)

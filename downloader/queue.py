@@ -60,6 +60,9 @@ class Result:
     frames: int | None = None
     icc_profile: str | None = None
     orientation: int | None = None
+    # the decoded picture's 64-bit dHash as a signed BIGINT (near_duplicates.signed64);
+    # None unless the image was decoded (VERIFY_IMAGES=full)
+    dhash: int | None = None
     # the converted output beside the original (downloader.outputs), and check warnings
     output_format: str | None = None
     output_bytes: int | None = None
@@ -115,6 +118,7 @@ _RESULT_COLUMNS = (
     "frames",
     "icc_profile",
     "orientation",
+    "dhash",
     "output_format",
     "output_bytes",
     "output_width",

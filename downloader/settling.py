@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import select, text, update
 from sqlmodel import Session
 
+from downloader import near_duplicates
 from downloader.db import placeholder, rowcount
 from downloader.models import IMAGE, JOB, PENDING_IMAGE_STATUSES, ImageStatus, JobStatus
 
@@ -42,10 +43,12 @@ def lock_jobs_for_settling(session: Session, job_ids: Sequence[str]) -> None:
 
 
 def settle_products(session: Session, product_ids: Sequence[int]) -> list[str]:
-    """Mark same-bytes images as duplicates once every image of their product is final.
+    """Mark same-bytes images as duplicates once every image of their product is final, then
+    near-copies of one picture among the rest (decoded images only: near_duplicates.py).
 
     Waiting for the whole product makes "the later image is the duplicate" follow input
-    order, not the order downloads happened to finish in.
+    order, not the order downloads happened to finish in. Returns the storage keys of the
+    duplicates' files, for the caller to delete.
     """
     if not product_ids:
         return []
@@ -53,7 +56,8 @@ def settle_products(session: Session, product_ids: Sequence[int]) -> list[str]:
     m = placeholder(conn)
     # Products with nothing pending, and the images already downloaded in them.
     rows = conn.exec_driver_sql(
-        f"SELECT id, product_id, sha256, storage_key FROM image WHERE status = {m}"
+        f"SELECT id, product_id, sha256, storage_key, position, width, height, dhash"
+        f" FROM image WHERE status = {m}"
         f" AND product_id IN (SELECT product_id FROM image WHERE product_id IN"
         f" {marks(m, len(product_ids))} GROUP BY product_id"
         f" HAVING SUM(CASE WHEN status IN {marks(m, len(_PENDING))}"
@@ -61,18 +65,31 @@ def settle_products(session: Session, product_ids: Sequence[int]) -> list[str]:
         (_DONE, *product_ids, *_PENDING),
     ).all()
     first_by_hash: dict[tuple[int, str], int] = {}
-    duplicates: list[tuple[str, int, int]] = []
+    duplicates: list[tuple[str, int, str | None, int]] = []
     keys: list[str] = []
-    for image_id, product_id, sha, key in rows:
+    key_of: dict[int, str | None] = {}
+    candidates: dict[int, list[near_duplicates.Candidate]] = {}
+    for image_id, product_id, sha, key, position, width, height, dhash in rows:
         original = first_by_hash.setdefault((product_id, sha), image_id)
         if original != image_id:
-            duplicates.append((_DUPLICATE, original, image_id))
+            duplicates.append((_DUPLICATE, original, None, image_id))
             if key:
                 keys.append(key)
+        elif dhash is not None and width and height:
+            key_of[image_id] = key
+            candidates.setdefault(product_id, []).append(
+                near_duplicates.Candidate(image_id, position, width, height, dhash)
+            )
+    for images in candidates.values():
+        if len(images) > 1:
+            for image_id, original, reason in near_duplicates.find(images):
+                duplicates.append((_DUPLICATE, original, reason, image_id))
+                if key := key_of[image_id]:
+                    keys.append(key)
     if duplicates:
         conn.exec_driver_sql(
-            f"UPDATE image SET status = {m}, duplicate_of_id = {m}, storage_key = NULL"
-            f" WHERE id = {m}",
+            f"UPDATE image SET status = {m}, duplicate_of_id = {m}, error = {m},"
+            f" storage_key = NULL WHERE id = {m}",
             duplicates,
         )
     return keys

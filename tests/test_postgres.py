@@ -100,7 +100,7 @@ def test_same_migrations_as_sqlite_and_idempotent(pg_url: str) -> None:
                     "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
                 ).scalars()
             )
-        assert version == "0006"
+        assert version == "0007"
         assert {"job", "product", "image", "rejected_row", "worker"} <= tables
     finally:
         db.dispose()

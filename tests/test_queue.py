@@ -76,7 +76,7 @@ def test_schema_is_created_by_migrations_and_is_idempotent(tmp_path: Path) -> No
     db = open_database(url)  # second start: nothing to do, no error
     with db.engine.connect() as conn:
         version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one()
-    assert version == newest_revision() == "0006"
+    assert version == newest_revision() == "0007"
 
 
 def test_a_database_from_before_crc32_upgrades_and_keeps_its_rows(tmp_path: Path) -> None:

@@ -8,10 +8,8 @@ import pandas as pd
 
 from downloader.errors import UserError
 
-#: Longest product number, in characters. Issue 23 asks for 128; product.number is still
-#: VARCHAR(64) in the schema (PostgreSQL refuses longer values), so the limit rises to 128
-#: together with a migration widening that column.
-MAX_PRODUCT_CHARS = 64
+#: Longest product number, in characters (product.number is VARCHAR(128): migration 0007).
+MAX_PRODUCT_CHARS = 128
 #: Longest URL, in characters.
 MAX_URL_CHARS = 2048
 #: Raw cell text kept in a RejectedRow is cut to this many characters.
