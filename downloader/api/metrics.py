@@ -2,7 +2,8 @@
 
 Read at scrape time by aggregate SQL (one short read): images by final state and error code,
 bytes stored, jobs by state, queue depth (images queued or downloading), live workers; and
-in this process, API requests by status code. docs/api.md has a scrape config.
+in this process, API requests by status code and the hosts its engine slows down
+(downloader.api.host_metrics). docs/api.md has a scrape config.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from downloader.api.host_metrics import HostCollector
 from downloader.models import IMAGE, JOB, ImageStatus
 from downloader.services import Services
 
@@ -105,6 +107,7 @@ class DatabaseCollector(Collector):
 def render(services: Services) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(services))
+    registry.register(HostCollector())
     return generate_latest(registry) + generate_latest(_API_REGISTRY)
 
 
