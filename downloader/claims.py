@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
@@ -55,8 +55,12 @@ def claim(
     lease_seconds: float,
     *,
     job_id: str | None = None,
+    hosts: Collection[str] | None = None,
 ) -> list[Claim]:
     """Lease up to `limit` queued images of active jobs, shared fairly between them.
+
+    `hosts`: only images of these stored hosts (the engine's part, `downloader.host_partition`);
+    None = any host.
 
     Round robin between owners, then between each owner's jobs, counted in images in flight
     (see the module docstring); each job's images go first queued first. Cost per claim: one
@@ -64,8 +68,9 @@ def claim(
     most what every engine holds), and one indexed UPDATE per job served; never a scan of a
     job's queued images.
     """
-    if limit <= 0:
+    if limit <= 0 or (hosts is not None and not hosts):
         return []
+    host_list = None if hosts is None else sorted(hosts)
     now = time.time()
     expires = now + lease_seconds
     claims: list[Claim] = []
@@ -90,7 +95,14 @@ def claim(
             exhausted: set[str] = set()
             for planned_job, wanted in plan.items():
                 got = _claim_from_job(
-                    db, session, planned_job, owners[planned_job], worker_id, wanted, expires
+                    db,
+                    session,
+                    planned_job,
+                    owners[planned_job],
+                    worker_id,
+                    wanted,
+                    expires,
+                    host_list,
                 )
                 if len(got) < wanted:
                     exhausted.add(planned_job)  # nothing more queued (or all locked)
@@ -134,8 +146,10 @@ def _claim_from_job(
     worker_id: str,
     limit: int,
     expires: float,
+    hosts: list[str] | None = None,
 ) -> list[Claim]:
-    """Lease the job's first `limit` queued images and read them back, in one statement.
+    """Lease the job's first `limit` queued images (of `hosts`, if given) and read them back,
+    in one statement.
 
     Driver-level SQL (as every per-batch statement here): built by SQLAlchemy, the three
     statements this replaced cost more CPU than SQLite took to run them (bench_queue.py)."""
@@ -146,12 +160,15 @@ def _claim_from_job(
     # ORDER BY id would make the planner walk the primary key past every finished image of
     # the job (use_job_status_index).
     order, lock = ("", " FOR UPDATE SKIP LOCKED") if db.is_postgres else (" ORDER BY id", "")
+    # An engine's hosts: the (job_id, status) index walks the job's queued images and skips
+    # those of other engines' hosts (about (engines - 1) of every engines images).
+    only = f" AND host IN ({', '.join([m] * len(hosts))})" if hosts is not None else ""
     rows = conn.exec_driver_sql(
         f"UPDATE image SET status = {m}, lease_owner = {m}, lease_expires = {m}"
-        f" WHERE id IN (SELECT id FROM image WHERE job_id = {m} AND status = {m}{order}"
+        f" WHERE id IN (SELECT id FROM image WHERE job_id = {m} AND status = {m}{only}{order}"
         f" LIMIT {m}{lock})"
         " RETURNING id, job_id, product_id, position, url, attempts, host",
-        (_DOWNLOADING, worker_id, expires, job_id, _QUEUED, limit),
+        (_DOWNLOADING, worker_id, expires, job_id, _QUEUED, *(hosts or ()), limit),
     )
     return [
         Claim(image_id, job, product_id, position, url, attempts, expires, owner, host or "")

@@ -18,10 +18,10 @@ from pathlib import Path
 import anyio
 from sqlalchemy.exc import IntegrityError
 
-from downloader import queue, retention, webhooks, worker_registry
+from downloader import host_partition, queue, retention, webhooks, worker_registry
 from downloader.db import Database
 from downloader.fetch import Fetcher, FetchOutcome
-from downloader.fetch.limits import scaled
+from downloader.fetch.hostrate import publish_host_states
 from downloader.fetch.sniff import CONTENT_TYPES as SNIFFED_CONTENT_TYPES
 from downloader.fetch.structure import Details
 from downloader.job_headers import JobHeaderCache
@@ -42,7 +42,9 @@ FLUSH_INTERVAL = 0.25  # seconds between result batches
 FLUSH_SIZE = 500  # results that trigger an early batch
 UNTIL_IDLE_POLL = 0.1  # seconds between looks at a job's last images held by other engines
 CONTENT_TYPES = SNIFFED_CONTENT_TYPES  # every accepted format's media type
-SHARE_REFRESH = 1.0  # seconds between re-reads of the live engine list (politeness shares)
+SHARE_REFRESH = 1.0  # seconds between re-reads of the live engines (shares, host partition)
+# Every long-running or `run` engine takes part in the host partition (downloader.host_partition)
+PARTITION_KINDS = ("worker", "embedded", "run")
 JOIN_WAIT = 2 * SHARE_REFRESH + 0.5  # a joining engine waits for the others to shrink first
 # Claimed images beyond the download slots (the prefetch, see _compute_capacity): what the
 # engine starts within CLAIM_LOOKAHEAD at its recent pace, between PREFETCH_MIN and
@@ -98,9 +100,12 @@ class Engine:
         # throughput at capacity / flush interval.
         self._downloading = 0
         self.drain_seconds = 10.0
-        self._standby = False  # beyond the politeness cap: heartbeat and reap, claim nothing
-        # claimed images wait for their host's slots here and start fairly (downloader.turns)
-        self._turns = LocalTurns(scaled(settings.max_per_host_concurrency, self.share))
+        self._standby = False  # reaped while stalled: heartbeat and reap, claim nothing
+        # claimed images wait for their host's slots here and start fairly (downloader.turns);
+        # a host is this engine's alone (downloader.host_partition): its limits apply whole
+        self._turns = LocalTurns(settings.max_per_host_concurrency)
+        # the hosts this engine may claim images of; None = all (it is the only engine)
+        self._claimable: frozenset[str] | None = frozenset()
         self._prefetch = PREFETCH_MIN
         self._ended = 0  # downloads ended (the pace for the prefetch)
         self._fetcher: Fetcher | None = None
@@ -155,6 +160,8 @@ class Engine:
                         housekeeping.start_soon(self._retention_loop)
                     if self.kind in ("worker", "embedded"):  # job webhooks (HTTP API)
                         housekeeping.start_soon(webhooks.webhook_loop, self.db, self.settings)
+                    await self._repartition()
+                    housekeeping.start_soon(self._partition_loop, fetcher)
                     if self.auto_share:
                         live = await self._update_share(fetcher)
                         housekeeping.start_soon(self._share_loop, fetcher)
@@ -193,6 +200,7 @@ class Engine:
                 self._in_flight.pop(result.image_id, None)
         queue.release_claims(self.db, self.worker_id, list(self._in_flight))
         worker_registry.unregister_worker(self.db, self.worker_id)
+        publish_host_states(self.worker_id, None)
 
     async def _claim_loop(
         self, fetcher: Fetcher, downloads: DownloadTasks, until_idle: bool
@@ -257,7 +265,9 @@ class Engine:
 
     def _claim(self, limit: int) -> list[Claim]:
         lease = self.settings.worker_lease_seconds
-        return queue.claim(self.db, self.worker_id, limit, lease, job_id=self.job_id)
+        return queue.claim(
+            self.db, self.worker_id, limit, lease, job_id=self.job_id, hosts=self._claimable
+        )
 
     def _job_has_pending(self) -> bool:
         if self.job_id is None:
@@ -447,11 +457,10 @@ class Engine:
     async def _update_share(self, fetcher: Fetcher) -> int:
         """Split the deployment-wide limits evenly over the live long-running engines.
 
-        Each downloading engine needs at least one slot per host, so at most
-        cap = min(MAX_PER_HOST_CONCURRENCY, MAX_GLOBAL_CONCURRENCY) engines download at once,
-        each with 1/min(N, cap) of every limit (floored: the sum never exceeds the limit).
-        The newest engines beyond the cap stand by: they heartbeat and reap, and take over
-        when an older one leaves or dies. Returns the number of live engines.
+        The global concurrency and QPS are shared: each of N engines takes 1/N (floored: the
+        sum never exceeds the limit). Per-host limits are not split: each host belongs to one
+        engine (`_repartition`), so every engine downloads as long as there are at least as
+        many hosts with work as engines. Returns the number of live engines.
         """
         live = await anyio.to_thread.run_sync(
             worker_registry.live_engines, self.db, self.settings.worker_lease_seconds * 2
@@ -464,16 +473,42 @@ class Engine:
                 )
             self._standby = True
             return len(live) + 1
-        cap = min(self.settings.max_per_host_concurrency, self.settings.max_global_concurrency)
-        self._standby = live.index(self.worker_id) >= cap
-        share = 1.0 / min(len(live), cap)
+        self._standby = False
+        share = 1.0 / len(live)
         if share != self.share:
             self.share = share
             fetcher.set_share(share)
             self._capacity = self._compute_capacity(share)
-            self._turns.per_host = scaled(self.settings.max_per_host_concurrency, share)
             self._start_ready(None)
         return len(live)
+
+    async def _partition_loop(self, fetcher: Fetcher) -> None:
+        while True:
+            await anyio.sleep(SHARE_REFRESH)
+            await self._repartition()
+            publish_host_states(self.worker_id, fetcher.host_states())
+
+    async def _repartition(self) -> None:
+        """Take this engine's part of the hosts with work (downloader.host_partition) and give
+        back the claimed, not started images of hosts that moved to another engine."""
+        stale = self.settings.worker_lease_seconds * 2
+        live = await anyio.to_thread.run_sync(
+            worker_registry.live_engines, self.db, stale, PARTITION_KINDS
+        )
+        if self.worker_id not in live:
+            return  # reaped while stalled: _update_share registers it again
+        if len(live) == 1:
+            self._claimable = None
+            return
+        part = await anyio.to_thread.run_sync(host_partition.split, self.db, self.worker_id, live)
+        self._claimable = part.claimable
+        moved = self._turns.give_back(part.owned)
+        if moved:
+            for item in moved:
+                self._in_flight.pop(item.image_id, None)
+            self._downloading -= len(moved)
+            ids = [item.image_id for item in moved]
+            await anyio.to_thread.run_sync(queue.release_claims, self.db, self.worker_id, ids)
 
     async def _retention_loop(self) -> None:
         """Remove jobs past JOB_RETENTION_DAYS now and then (retention.cleanup)."""

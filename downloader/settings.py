@@ -33,17 +33,23 @@ class Settings(BaseSettings):
     max_global_concurrency: int = Field(32, ge=1, le=4096)
     max_per_host_concurrency: int = Field(4, ge=1, le=1024)
     download_qps: float = Field(20, ge=0, description="global requests per second; 0 = unlimited")
+    per_host_qps: float = Field(
+        0, ge=0, description="requests per second to one host, at most; 0 = learn only"
+    )
     http_connect_timeout: float = Field(5, gt=0)
     http_read_timeout: float = Field(45, gt=0)
     download_deadline: float = Field(120, gt=0, description="seconds for a whole image")
     max_image_size_mb: float = Field(50, gt=0)
     max_retries: int = Field(3, ge=0, le=20)
     retry_after_cap: float = Field(60, ge=0, description="longest Retry-After honoured, seconds")
+    throttle_patience: float = Field(
+        0, ge=0, description="seconds an image waits out a throttling host; 0 = 3 x deadline"
+    )
     backoff_base: float = Field(0.5, ge=0, description="first retry delay, seconds")
     max_redirects: int = Field(5, ge=0, le=20)
     user_agent: str = "BatchImageDownloader/1.0 (+internal analytics tool)"
     circuit_breaker_failures: int = Field(
-        10, ge=1, description="consecutive connection failures before a host is paused"
+        10, ge=1, description="consecutive connection failures, timeouts or 5xx before a pause"
     )
     circuit_breaker_cooldown: float = Field(30, ge=0)
     accept_any_format: bool = Field(
@@ -203,6 +209,12 @@ class Settings(BaseSettings):
         if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}", value):
             raise ValueError(f"{value[:100]!r} is not an HTTP header name")
         return value
+
+    @property
+    def throttle_wait(self) -> float:
+        """How long an image waits out a host that keeps throttling (THROTTLE_PATIENCE; unset:
+        three DOWNLOAD_DEADLINEs, since that waiting is not charged to the deadline)."""
+        return self.throttle_patience or 3 * self.download_deadline
 
     @property
     def max_image_bytes(self) -> int:

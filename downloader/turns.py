@@ -93,6 +93,21 @@ class LocalTurns:
         self.waiting -= len(started)
         return started
 
+    def give_back(self, keep: set[str] | frozenset[str]) -> list[Claim]:
+        """Remove and return the waiting images of every host not in `keep` (hosts that moved
+        to another engine: `downloader.host_partition`); their running ones stay."""
+        taken: list[Claim] = []
+        for key in [key for key in self._hosts if key not in keep]:
+            host = self._hosts[key]
+            for jobs in host.waiting.values():
+                for queued in jobs.values():
+                    taken.extend(queued)
+            host.waiting.clear()
+            if not host.running:
+                del self._hosts[key]
+        self.waiting -= len(taken)
+        return taken
+
     def finished(self, item: Claim) -> str:
         """`item`'s download ended: its host has a free slot. Returns the host's key."""
         key = host_of(item)

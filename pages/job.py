@@ -15,6 +15,8 @@ import pandas as pd
 import streamlit as st
 
 from downloader import jobs
+from downloader.fetch.hostrate import published_host_states
+from downloader.jobs.control import retry_counts
 from downloader.ui_queries import find_products, thumbnail
 from pages import _common as common
 from pages import _identity
@@ -81,8 +83,9 @@ def _act(action: str) -> None:
     elif action == "cancel":
         done = jobs.cancel_job(db, job.id, person=person)
         st.toast("Cancelled: queued images are skipped." if done else "The job had finished.")
-    elif action == "retry":
-        count = jobs.retry_failed(db, job.id, person=person)
+    elif action in ("retry", "transient", "permanent"):
+        kind = "all" if action == "retry" else action
+        count = jobs.retry_failed(db, job.id, person=person, kind=kind)  # type: ignore[arg-type]
         st.toast(f"{count:,} image(s) queued again." if count else "Nothing to retry.")
 
 
@@ -117,13 +120,50 @@ with controls:
         st.button("Cancel", icon=":material/cancel:", on_click=_act, args=("cancel",))
     retryable = summary.counts.failed + summary.counts.skipped
     if retryable and not summary.is_active:
-        st.button(
-            f"Retry failed ({retryable:,})",
-            icon=":material/replay:",
-            on_click=_act,
-            args=("retry",),
-        )
+        # transient failures (timeouts, 429, 5xx, connection errors) may pass now; permanent
+        # ones (404, 410, not an image, too large) would most likely fail the same way again
+        transient, permanent = retry_counts(db, job.id)
+        if transient:
+            st.button(
+                f"Retry failed ({transient:,})",
+                icon=":material/replay:",
+                on_click=_act,
+                args=("transient",),
+                help="Timeouts, throttling (429), server errors (5xx), connection errors.",
+            )
+        if permanent:
+            st.button(
+                f"Retry permanent failures ({permanent:,})",
+                icon=":material/replay:",
+                on_click=_act,
+                args=("permanent",),
+                help="404, 410, not an image, too large ...: likely to fail again.",
+            )
     st.page_link(common.JOBS_PAGE, label="All jobs", icon=":material/list_alt:")
+
+# Hosts this server's engine slows down now (throttling, learned rate) or has paused (breaker
+# open). Separate worker processes keep theirs in their own memory (docs/scaling.md).
+slowed = published_host_states() if summary.is_active else []
+if slowed:
+    with st.expander(f"Hosts slowed down ({len(slowed)})", icon=":material/speed:"):
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    (
+                        s.host,
+                        "open (paused)"
+                        if s.rate < 0
+                        else ("throttled" if s.throttled_for else "limited"),
+                        "" if s.rate <= 0 else f"{s.rate:g}/s",
+                        f"{s.paused_for:g} s" if s.paused_for else "",
+                    )
+                    for s in slowed
+                ],
+                columns=["Host", "State", "Rate in use", "Paused for"],
+            ),
+            hide_index=True,
+            width="stretch",
+        )
 
 # The job's own request headers: names and hosts, every value masked, for its owner only.
 own_headers = jobs.request_headers_shown(db, job.id, viewer=person.email)

@@ -88,12 +88,19 @@ def test_qps_is_honoured(image_server: ImageServer, tmp_path: Path) -> None:
 
 
 def test_slots_are_released_while_backing_off(image_server: ImageServer, tmp_path: Path) -> None:
-    """While one image waits out Retry-After, others use the host's only slot."""
+    """While one image waits out a server error's Retry-After, others use the host's only
+    slot. (A 429 or 503 pauses the whole host instead: tests/test_politeness.py.)"""
     settings = make_settings(max_per_host_concurrency=1)
+
+    @image_server.route(r"/ratelimit/w")
+    def bad_gateway_once(req: Req) -> Reply:
+        if req.server.bump("w") == 1:
+            return Reply(status=502, body=b"try later\n", headers=[("Retry-After", "1")])
+        return Reply.image("w")
 
     async def main() -> list[FetchOutcome]:
         async with Fetcher(settings, tmp_path) as fetcher:
-            limited = asyncio.create_task(fetcher.fetch(image_server.url("ratelimit/w?after=1")))
+            limited = asyncio.create_task(fetcher.fetch(image_server.url("ratelimit/w")))
             await asyncio.sleep(0.3)  # the 429 has been answered
             others = [fetcher.fetch(image_server.url(f"img/o{i}.jpg")) for i in range(3)]
             return [*(await asyncio.gather(*others)), await limited]
@@ -117,8 +124,9 @@ def test_set_share_scales_concurrency(image_server: ImageServer, tmp_path: Path)
             return fetcher.limits
 
     limits = asyncio.run(main())
-    assert limits["per_host_concurrency"] == 2 and limits["global_concurrency"] == 16
-    assert image_server.peak_concurrency(0) == 2
+    # per-host limits are whole: a host belongs to one engine (downloader.host_partition)
+    assert limits["per_host_concurrency"] == 4 and limits["global_concurrency"] == 16
+    assert image_server.peak_concurrency(0) == 4
 
 
 def test_set_share_scales_qps_and_applies_to_new_requests(
@@ -145,11 +153,11 @@ def test_set_share_rejects_bad_values(tmp_path: Path) -> None:
         with pytest.raises(ValueError):
             fetcher.set_share(bad)
     fetcher.set_share(1 / 64)
-    assert fetcher.limits["per_host_concurrency"] == 1  # never below one slot
+    assert fetcher.limits["global_concurrency"] == 1  # never below one slot
 
 
 def test_lowering_the_share_while_busy(image_server: ImageServer, tmp_path: Path) -> None:
-    settings = make_settings(max_per_host_concurrency=4)
+    settings = make_settings(max_per_host_concurrency=4, max_global_concurrency=4)
 
     async def main() -> None:
         async with Fetcher(settings, tmp_path) as fetcher:
@@ -166,7 +174,7 @@ def test_lowering_the_share_while_busy(image_server: ImageServer, tmp_path: Path
     seconds = [r for r in image_server.requests if "/b" in r.path]
     assert max_overlap(firsts) == 4
     last_first_end = max(r.end or 0 for r in firsts)
-    # the new requests started only once the host was back under its new limit of 1
+    # the new requests started only once the engine was back under its new global limit of 1
     assert all(r.start >= last_first_end - STAMP_LAG for r in seconds)
     # One slot: each request (the server waits 0.1 s before answering) starts only after the
     # previous one has finished. Compared by start times, because the server stamps `end`

@@ -12,9 +12,16 @@ Time spent queued for a concurrency slot or a QPS token is not charged, so a dee
 times images out; a trickling server does (error_code ``timeout``). A retry whose backoff would
 not fit in the remaining budget is not attempted: the last failure is returned at once.
 
-Circuit breaker: per host (name:port), counts consecutive connection failures and timeouts
-(connect, read, and the image deadline). HTTP answers of any status close it again. See
-`CircuitBreaker` for the open/half-open cycle; refused requests end with ``circuit_open``.
+Circuit breaker: per host (name:port), counts consecutive connection failures, timeouts
+(connect, read, and the image deadline) and 5xx answers other than 503. Other HTTP answers
+close it again. See `CircuitBreaker` for the open/half-open cycle; refused requests end with
+``circuit_open``.
+
+Throttling (429, 503): the whole host slows down (`downloader.fetch.hostrate`: Retry-After
+pauses every request to it, its rate is cut, then raised again while it answers well). A 429
+is not a failed attempt (MAX_RETRIES counts real failures, 503 among them) and waiting for the
+host is not charged to the deadline; the image fails with ``throttled`` only when the host
+kept answering it 429 for THROTTLE_PATIENCE seconds.
 """
 
 from __future__ import annotations
@@ -42,18 +49,17 @@ from downloader.fetch.client import (
     header_map,
     merge_headers,
 )
+from downloader.fetch.hostrate import THROTTLE_STATUSES, HostRates, HostState
 from downloader.fetch.limits import CircuitBreaker, HostSlots, Pacer, Slots, scaled
 from downloader.fetch.outcomes import (
     Failure,
     FetchOutcome,
     FetchStats,
-    as_sentence,
-    describe_exception,
     format_seconds,
 )
+from downloader.fetch.request_failures import SEND_ERRORS, request_failure
 from downloader.fetch.retry import RetryPolicy, is_retryable_status, parse_retry_after
 from downloader.fetch.tempfiles import TEMP_SUFFIX
-from downloader.fetch.transport_errors import BadResponse, BlockedAddress, ProxyRefused, TLSError
 from downloader.fetch.verify import ImageCheck
 from downloader.guard import Guard
 from downloader.redact import redact_logger
@@ -63,6 +69,7 @@ if TYPE_CHECKING:
 
 log = redact_logger(logging.getLogger(__name__))  # its lines can name URLs
 
+TOO_MANY_REQUESTS = 429
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 DRAIN_LIMIT = 64 * 1024  # read small error/redirect bodies so the connection can be reused
 REASON_QUOTE = 100  # characters of a server's reason phrase quoted in a message
@@ -84,6 +91,7 @@ class _Job:
         "new_attempt",
         "redirects",
         "remaining",
+        "throttled_since",
         "visited",
     )
 
@@ -95,6 +103,7 @@ class _Job:
         self.redirects = 0
         self.remaining = deadline
         self.visited = {str(url)}
+        self.throttled_since: float | None = None  # first throttling answer in a row
 
 
 def _host_key(url: httpx.URL) -> str:
@@ -146,6 +155,8 @@ class Fetcher:
         self._breaker = CircuitBreaker(
             settings.circuit_breaker_failures, settings.circuit_breaker_cooldown
         )
+        self._rates = HostRates(settings.per_host_qps, settings.retry_after_cap)
+        self._patience = settings.throttle_wait
         self._deadline = settings.download_deadline
         self._headers = default_headers(settings)
         self._transport: Transport | None = None
@@ -173,13 +184,14 @@ class Fetcher:
     # -- limits ----------------------------------------------------------------------------
 
     def set_share(self, share: float) -> None:
-        """Use `share` (0 < share <= 1) of the configured global/per-host concurrency and QPS,
-        e.g. 1/N when N workers share one deployment's limits. Applies to new requests."""
+        """Use `share` (0 < share <= 1) of the configured global concurrency and QPS, e.g.
+        1/N when N engines share one deployment's limits. Applies to new requests. Per-host
+        limits are not shared: each host belongs to one engine at a time
+        (`downloader.host_partition`), which applies them whole."""
         if not 0 < share <= 1:
             raise ValueError(f"share must be in (0, 1], got {share}")
         self.share = share
         self._global.set_capacity(scaled(self.settings.max_global_concurrency, share))
-        self._hosts.set_capacity(scaled(self.settings.max_per_host_concurrency, share))
         self._pacer.set_rate(self.settings.download_qps * share)
 
     @property
@@ -187,9 +199,20 @@ class Fetcher:
         """The limits in force (after `set_share`)."""
         return {
             "global_concurrency": self._global.capacity,
-            "per_host_concurrency": scaled(self.settings.max_per_host_concurrency, self.share),
+            "per_host_concurrency": self.settings.max_per_host_concurrency,
             "qps": self._pacer.rate,
         }
+
+    def host_states(self, now: float | None = None) -> list[HostState]:
+        """Hosts slowed down now (learned rate, Retry-After pause, throttling) and hosts whose
+        breaker is open (rate -1), for the job page."""
+        now = asyncio.get_running_loop().time() if now is None else now
+        states = self._rates.states(now)
+        shown = {state.host for state in states}
+        for host, wait in self._breaker.open_hosts(now):
+            if host not in shown:
+                states.append(HostState(host, -1.0, round(wait, 1), 0.0))
+        return states
 
     # -- fetching --------------------------------------------------------------------------
 
@@ -249,6 +272,13 @@ class Fetcher:
                     return failure
                 continue
             # a failed request
+            if result.status == TOO_MANY_REQUESTS:
+                assert job.throttled_since is not None
+                waited = loop.time() - job.throttled_since
+                if waited >= self._patience:
+                    return self._throttled(job, host, result, waited)
+                self.stats.retries += 1
+                continue  # the host's pause and rate (HostRates) set when it goes again
             if (
                 result.retryable
                 and job.attempts <= self.policy.max_retries
@@ -271,6 +301,7 @@ class Fetcher:
         loop = asyncio.get_running_loop()
         await self._hosts.acquire(host)
         try:
+            await self._rates.wait_turn(host)  # not charged to the deadline, no global slot
             await self._global.acquire()
             try:
                 allowed, probe = self._breaker.admit(host, loop.time())
@@ -279,6 +310,7 @@ class Fetcher:
                 settled = False
                 try:
                     await self._pacer.acquire()
+                    sent_at = await self._rates.gate(host)
                     if job.new_attempt:
                         job.attempts += 1
                         job.new_attempt = False
@@ -301,6 +333,7 @@ class Fetcher:
                         self.stats.active -= 1
                         job.remaining -= loop.time() - started
                     reachable = result.reachable if isinstance(result, Failure) else True
+                    self._learn(job, host, result, sent_at, loop.time())
                     if reachable is True:
                         self._breaker.success(host)
                     elif reachable is False:
@@ -317,6 +350,26 @@ class Fetcher:
         finally:
             self._hosts.release(host)
 
+    def _learn(
+        self,
+        job: _Job,
+        host: str,
+        result: FetchOutcome | _Redirect | Failure,
+        sent: float,
+        now: float,
+    ) -> None:
+        """Tell the host's rate how it answered; a 429 is no attempt of the image."""
+        if isinstance(result, Failure) and result.status in THROTTLE_STATUSES:
+            self._rates.throttled(host, result.retry_after, sent, now)
+            if result.status == TOO_MANY_REQUESTS:
+                job.attempts -= 1
+                job.new_attempt = True
+                if job.throttled_since is None:
+                    job.throttled_since = now
+        elif not isinstance(result, Failure) or result.reachable is True:
+            self._rates.answered(host, now)
+            job.throttled_since = None
+
     async def _exchange(
         self, transport: Transport, job: _Job
     ) -> FetchOutcome | _Redirect | Failure:
@@ -324,57 +377,8 @@ class Fetcher:
         self.stats.requests += 1
         try:
             response = await transport.send(url, job.headers)
-        except BlockedAddress as exc:
-            return Failure("blocked_address", as_sentence(exc.reason), reachable=None)
-        except TLSError as exc:
-            hint = f"; {exc.hint}" if exc.hint else ""
-            return Failure(
-                "connection_error",
-                f"The secure connection failed ({describe_exception(exc)}){hint}.",
-                reachable=None,
-            )
-        except ProxyRefused as exc:
-            return Failure(
-                "connection_error", f"{as_sentence(describe_exception(exc))}", reachable=None
-            )
-        except httpx.ConnectTimeout:
-            return Failure(
-                "timeout",
-                "The server did not accept a connection within "
-                f"{format_seconds(self.settings.http_connect_timeout)}.",
-                retryable=True,
-                reachable=False,
-            )
-        except httpx.ReadTimeout:
-            return Failure(
-                "timeout",
-                "The server did not answer within "
-                f"{format_seconds(self.settings.http_read_timeout)}.",
-                retryable=True,
-                reachable=False,
-            )
-        except httpx.ConnectError as exc:
-            return Failure(
-                "connection_error",
-                f"Could not connect to the server ({describe_exception(exc)}).",
-                retryable=True,
-                reachable=False,
-            )
-        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-            return Failure(
-                "bad_url",
-                f"The URL cannot be requested ({describe_exception(exc)}).",
-                reachable=None,
-            )
-        except BadResponse as exc:  # a head past a cap: the same server would send it again
-            return Failure("bad_response", str(exc), reachable=None)
-        except httpx.TransportError as exc:
-            return Failure(
-                "connection_error",
-                f"The connection failed before an answer ({describe_exception(exc)}).",
-                retryable=True,
-                reachable=False,
-            )
+        except SEND_ERRORS as exc:
+            return request_failure(exc, self.settings)
         try:
             return await self._handle(response, job)
         finally:
@@ -409,6 +413,8 @@ class Fetcher:
                 status=status,
                 retryable=retryable,
                 retry_after=retry_after,
+                # a server error counts for the breaker like a timeout; 503 is throttling
+                reachable=not (500 <= status < 600 and status != 503),
             )
         return await self._body.receive(
             status, headers, body_chunks(response), job.attempts, job.current
@@ -485,6 +491,15 @@ class Fetcher:
             "circuit_open",
             f"{host} failed {self._breaker.threshold} times in a row; requests to it are "
             f"paused (next try in {wait:.0f} s).",
+        )
+
+    def _throttled(self, job: _Job, host: str, fail: Failure, waited: float) -> FetchOutcome:
+        return self._final(
+            job,
+            "throttled",
+            f"{host} kept answering {fail.status} (slow down) for {format_seconds(waited)}; "
+            f"the image was given up after THROTTLE_PATIENCE ({format_seconds(self._patience)}).",
+            fail.status,
         )
 
     def _deadline_failure(self, job: _Job) -> FetchOutcome:

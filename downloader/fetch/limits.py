@@ -228,7 +228,7 @@ class _HostHealth:
 
 
 class CircuitBreaker:
-    """Per-host breaker on consecutive connection failures and timeouts.
+    """Per-host breaker on consecutive connection failures, timeouts and server errors.
 
     closed -> (threshold consecutive failures) -> open for `cooldown` s: every request fails
     fast -> half-open: exactly one probe request is let through; its success closes the
@@ -292,6 +292,14 @@ class CircuitBreaker:
             and health.failures >= self.threshold
             and (now < health.open_until or health.probing)
         )
+
+    def open_hosts(self, now: float) -> list[tuple[str, float]]:
+        """(host, seconds until its next probe) of every open or probing host."""
+        return [
+            (host, max(0.0, health.open_until - now))
+            for host, health in self._hosts.items()
+            if self._holds(health, now)
+        ]
 
     def success(self, host: str) -> None:
         self._hosts.pop(host, None)

@@ -8,8 +8,9 @@ command line, tests) may control every job.
 from __future__ import annotations
 
 import time
+from typing import Literal
 
-from sqlalchemy import delete, update
+from sqlalchemy import ColumnElement, delete, func, select, update
 
 from downloader import queue
 from downloader.db import Database, rowcount
@@ -56,19 +57,62 @@ def cancel_job(db: Database, job_id: str, *, person: Viewer | None = None) -> bo
     return bool(changed)
 
 
-def retry_failed(db: Database, job_id: str, *, person: Viewer | None = None) -> int:
+# Failures that may pass on a later try: the host was slow, busy, throttling or unreachable.
+# Every other failure (404, 410, not_an_image, too_large, a blocked address ...) is permanent:
+# the same request would get the same answer. Skipped (cancelled) images count as transient.
+TRANSIENT_CODES = (
+    "timeout",
+    "connection_error",
+    "http_408",
+    "http_429",
+    "throttled",
+    "circuit_open",
+    "lease_lost",
+    "internal_error",
+)
+RetryKind = Literal["all", "transient", "permanent"]
+
+
+def _retry_filter(kind: RetryKind) -> ColumnElement[bool]:
+    failed = IMAGE.c.status == ImageStatus.FAILED
+    transient = IMAGE.c.error_code.in_(TRANSIENT_CODES) | IMAGE.c.error_code.like("http\\_5%", "\\")
+    if kind == "transient":
+        return (IMAGE.c.status == ImageStatus.SKIPPED) | (failed & transient)
+    if kind == "permanent":
+        return failed & ~transient
+    return IMAGE.c.status.in_([ImageStatus.FAILED, ImageStatus.SKIPPED])
+
+
+def retry_counts(db: Database, job_id: str) -> tuple[int, int]:
+    """(transient, permanent): the images "Retry failed" would queue again, by kind."""
+    with db.read() as session:
+        return tuple(  # type: ignore[return-value]
+            int(
+                session.execute(
+                    select(func.count())
+                    .select_from(IMAGE)
+                    .where(IMAGE.c.job_id == job_id, _retry_filter(kind))
+                ).scalar_one()
+            )
+            for kind in ("transient", "permanent")
+        )
+
+
+def retry_failed(
+    db: Database, job_id: str, *, person: Viewer | None = None, kind: RetryKind = "all"
+) -> int:
     """Queue failed (and skipped) images again and reopen the job at the back of the queue:
     claims go by `queued_at`, so jobs queued since are served first (an old job's creation
-    time would put its retries ahead of them). `created_at` stays for display."""
+    time would put its retries ahead of them). `created_at` stays for display.
+
+    `kind`: "transient" only timeouts, 429s, 5xx, connection errors (and skipped images);
+    "permanent" only the rest (404, 410, not_an_image, too_large ...); "all" both."""
     require_job(db, job_id, person)
     with db.write() as session:
         count = rowcount(
             session.execute(
                 update(IMAGE)
-                .where(
-                    IMAGE.c.job_id == job_id,
-                    IMAGE.c.status.in_([ImageStatus.FAILED, ImageStatus.SKIPPED]),
-                )
+                .where(IMAGE.c.job_id == job_id, _retry_filter(kind))
                 .values(status=ImageStatus.QUEUED, error_code=None, error=None, http_status=None)
             )
         )

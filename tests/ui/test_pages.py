@@ -250,9 +250,9 @@ def test_job_page_shows_progress_products_failures_and_downloads(
     assert rejected["Row"].tolist() == [6]
     assert f"/download/job/{finished_job}/rejected.csv" in html  # all of them, Excel-safe
 
-    # finished: the failed image can be retried; nothing to pause or cancel
+    # finished: the failed image (a 404: permanent) can be retried; nothing to pause or cancel
     labels = [b.label for b in at.button]
-    assert "Retry failed (1)" in labels
+    assert "Retry permanent failures (1)" in labels and "Retry failed (1)" not in labels
     assert "Pause" not in labels and "Cancel" not in labels
 
 
@@ -270,7 +270,7 @@ def test_job_controls_pause_resume_cancel_and_retry(
     services: Services, finished_job: str, app: AppFactory
 ) -> None:
     at = app("pages/job.py", id=finished_job)
-    retry = next(b for b in at.button if b.label.startswith("Retry failed"))
+    retry = next(b for b in at.button if b.label.startswith("Retry permanent failures"))
     retry.click().run()
     no_exception(at)
     summary = jobs.job_summary(services.db, finished_job)
