@@ -30,28 +30,39 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
 
     # Downloads
-    max_global_concurrency: int = Field(32, ge=1, le=4096)
-    max_per_host_concurrency: int = Field(4, ge=1, le=1024)
+    max_global_concurrency: int = Field(
+        32, ge=1, le=4096, description="downloads at once, whole deployment"
+    )
+    max_per_host_concurrency: int = Field(
+        4, ge=1, le=1024, description="downloads at once from one host, never exceeded"
+    )
     download_qps: float = Field(20, ge=0, description="global requests per second; 0 = unlimited")
     per_host_qps: float = Field(
         0, ge=0, description="requests per second to one host, at most; 0 = learn only"
     )
-    http_connect_timeout: float = Field(5, gt=0)
-    http_read_timeout: float = Field(45, gt=0)
+    http_connect_timeout: float = Field(5, gt=0, description="seconds to connect")
+    http_read_timeout: float = Field(45, gt=0, description="longest silence while reading, seconds")
     download_deadline: float = Field(120, gt=0, description="seconds for a whole image")
-    max_image_size_mb: float = Field(50, gt=0)
-    max_retries: int = Field(3, ge=0, le=20)
+    max_image_size_mb: float = Field(50, gt=0, description="larger bodies fail with too_large")
+    max_retries: int = Field(
+        3, ge=0, le=20, description="retries for connection errors, timeouts, 408 and 5xx"
+    )
     retry_after_cap: float = Field(60, ge=0, description="longest Retry-After honoured, seconds")
     throttle_patience: float = Field(
         0, ge=0, description="seconds an image waits out a throttling host; 0 = 3 x deadline"
     )
     backoff_base: float = Field(0.5, ge=0, description="first retry delay, seconds")
-    max_redirects: int = Field(5, ge=0, le=20)
-    user_agent: str = "BatchImageDownloader/1.0 (+internal analytics tool)"
+    max_redirects: int = Field(5, ge=0, le=20, description="redirect hops followed per image")
+    user_agent: str = Field(
+        "BatchImageDownloader/1.0 (+internal analytics tool)",
+        description="default User-Agent (a job's own headers override it)",
+    )
     circuit_breaker_failures: int = Field(
         10, ge=1, description="consecutive connection failures, timeouts or 5xx before a pause"
     )
-    circuit_breaker_cooldown: float = Field(30, ge=0)
+    circuit_breaker_cooldown: float = Field(
+        30, ge=0, description="seconds a host stays paused before one probe request"
+    )
     accept_any_format: bool = Field(
         False, description="advertise AVIF/WebP in Accept (CDNs may then convert the original)"
     )
@@ -64,9 +75,11 @@ class Settings(BaseSettings):
     )
 
     # Company networks (docs/network.md): the usual variables, upper- or lower-case
-    http_proxy: str | None = None
-    https_proxy: str | None = None
-    no_proxy: str | None = None
+    http_proxy: str | None = Field(None, description="proxy for http:// images (http_proxy too)")
+    https_proxy: str | None = Field(
+        None, description="proxy for https:// images, via CONNECT (https_proxy too)"
+    )
+    no_proxy: str | None = Field(None, description="hosts that go direct (no_proxy too)")
     ssl_cert_file: str | None = Field(None, description="extra CA certificates (PEM file)")
     ssl_cert_dir: str | None = Field(None, description="extra CA certificates (hashed folder)")
     tls_trust: Literal["default", "system"] = Field(
@@ -74,21 +87,37 @@ class Settings(BaseSettings):
     )
 
     # Storage and database
-    database_url: str = "sqlite:///data/app.db"
-    media_backend: Literal["local", "s3"] = "local"
-    media_root: str = "data/media"
-    aws_access_key_id: str | None = None
-    aws_secret_access_key: str | None = None
-    aws_storage_bucket_name: str | None = None
-    aws_s3_region_name: str = "us-east-1"
-    aws_s3_endpoint_url: str | None = None
+    database_url: str = Field(
+        "sqlite:///data/app.db", description="SQLite file or postgresql://user:pass@host/db"
+    )
+    media_backend: Literal["local", "s3"] = Field(
+        "local", description="local = a folder (MEDIA_ROOT); s3 = a bucket"
+    )
+    media_root: str = Field("data/media", description="folder for the local backend")
+    aws_access_key_id: str | None = Field(None, description="S3 key (unset: boto3's chain)")
+    aws_secret_access_key: str | None = Field(None, description="S3 secret (unset: boto3's chain)")
+    aws_storage_bucket_name: str | None = Field(None, description="S3 bucket")
+    aws_s3_region_name: str = Field("us-east-1", description="S3 region")
+    aws_s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible store (MinIO, Ceph, R2, …)"
+    )
 
     # Safety
-    allowed_private_networks: CsvList = Field(default_factory=list)
-    url_allowlist: CsvList = Field(default_factory=list)
-    url_denylist: CsvList = Field(default_factory=list)
-    max_rows_per_job: int = Field(1_000_000, ge=1)
-    max_upload_mb: int = Field(200, ge=1)
+    allowed_private_networks: CsvList = Field(
+        default_factory=list, description="CIDRs exempted from the private-address block"
+    )
+    url_allowlist: CsvList = Field(
+        default_factory=list, description="only these hosts (globs; IP patterns and CIDRs)"
+    )
+    url_denylist: CsvList = Field(
+        default_factory=list, description="never these hosts (globs; IP patterns and CIDRs)"
+    )
+    max_rows_per_job: int = Field(
+        1_000_000, ge=1, description="larger inputs are refused with a message"
+    )
+    max_upload_mb: int = Field(
+        200, ge=1, description="upload size limit (as .streamlit/config.toml)"
+    )
     job_rate_limit_per_minute: int = Field(10, ge=0, description="jobs per person; 0 = unlimited")
     download_stall_timeout: float = Field(
         60, gt=0, description="seconds a download client may stop reading before it is cut off"
@@ -124,9 +153,13 @@ class Settings(BaseSettings):
 
     # Workers
     job_retention_days: int = Field(30, ge=0, description="0 = keep forever")
-    worker_lease_seconds: float = Field(30, gt=0)
-    embedded_worker: bool = True
-    claim_batch_size: int = Field(256, ge=1)
+    worker_lease_seconds: float = Field(
+        30, gt=0, description="a claim on an image without a heartbeat, seconds"
+    )
+    embedded_worker: bool = Field(
+        True, description="the app runs its own engine; false when external workers run"
+    )
+    claim_batch_size: int = Field(256, ge=1, description="images claimed at most per claim")
     run_processes: int = Field(
         0, ge=0, le=64, description="engine processes for `run`; 0 = one per CPU core"
     )
