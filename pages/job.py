@@ -15,7 +15,6 @@ import pandas as pd
 import streamlit as st
 
 from downloader import jobs
-from downloader.fetch.hostrate import published_host_states
 from downloader.jobs.control import retry_counts
 from downloader.ui_queries import find_products, thumbnail
 from pages import _common as common
@@ -143,7 +142,7 @@ with controls:
 
 # Hosts this server's engine slows down now (throttling, learned rate) or has paused (breaker
 # open). Separate worker processes keep theirs in their own memory (docs/scaling.md).
-slowed = published_host_states() if summary.is_active else []
+slowed = jobs.slowed_hosts() if summary.is_active else []
 if slowed:
     with st.expander(f"Hosts slowed down ({len(slowed)})", icon=":material/speed:"):
         st.dataframe(

@@ -85,7 +85,7 @@ def create(db: Database, server: ImageServer, tag: str, count: int, owner: str |
     """Queue `count` images on the slow host as a job of `owner`."""
     parsed = parse_text(rows(server, tag, count))
     if "owner" in inspect.signature(jobs.create_job).parameters:
-        return jobs.create_job(db, parsed, name=tag, owner=owner).id  # type: ignore[call-arg]
+        return jobs.create_job(db, parsed, name=tag, owner=owner).id
     job_id = jobs.create_job(db, parsed, name=tag).id
     with db.write() as session:
         session.execute(update(JOB).where(JOB.c.id == job_id).values(owner=owner))
@@ -197,7 +197,7 @@ def create_offline(db: Database, tag: str, count: int, owner: str | None) -> str
     lines += [f"{tag.upper()}-{i}\thttp://127.0.0.2:9/fair/{tag}/{i}.jpg" for i in range(count)]
     parsed = parse_text("\n".join(lines))
     if "owner" in inspect.signature(jobs.create_job).parameters:
-        return jobs.create_job(db, parsed, name=tag, owner=owner).id  # type: ignore[call-arg]
+        return jobs.create_job(db, parsed, name=tag, owner=owner).id
     job_id = jobs.create_job(db, parsed, name=tag).id
     with db.write() as session:
         session.execute(update(JOB).where(JOB.c.id == job_id).values(owner=owner))

@@ -60,6 +60,7 @@ from downloader.jobs.headers import (
     request_headers_shown,
     set_request_headers,
 )
+from downloader.jobs.hosts import slowed_hosts
 from downloader.jobs.progress import (
     IMAGE_STATES,
     NO_OWNER,
@@ -137,6 +138,7 @@ __all__ = [
     "resume_job",
     "retry_failed",
     "set_request_headers",
+    "slowed_hosts",
     "validate_output_options",
     "warning_counts",
     "webhook_view",
