@@ -230,18 +230,19 @@ def test_a_long_zip_stream_neither_blocks_nor_breaks_the_worker_recording_result
     finished = plan_job(s, "old", 120, failed=0)
     finished_id = jobs.create_job(services.db, parse_text(as_text(finished.rows))).id
     live = plan_job(s, "live", 150, failed=5)
-    live_id = jobs.create_job(services.db, parse_text(as_text(live.rows))).id
 
     worker_log = tmp_path / "worker.log"
     worker = spawn(cli, [sys.executable, "-m", "downloader", "worker"], worker_log)
     try:
         wait_for(lambda: job_status(services, finished_id) == "completed", 90, "the first job")
-        wait_for(lambda: jobs.job_counts(services.db, live_id).done >= 10, 60, "the second job")
-        # Open both streams mid-job and read a little of each: from here on a read
-        # transaction (a cursor over manifest rows) stays open in this process.
+        # Open the finished job's stream and read a little: from here on this process reads
+        # it while the worker writes. The live job is queued only now, so every one of its
+        # results is recorded while both streams are open (the worker cannot finish it first).
         old_stream = jobs.job_zip(services.db, services.storage, finished_id)
+        old_parts = [next(old_stream)]
+        live_id = jobs.create_job(services.db, parse_text(as_text(live.rows))).id
         live_stream = jobs.job_zip(services.db, services.storage, live_id)
-        old_parts, live_parts = [next(old_stream)], [next(live_stream)]
+        live_parts = [next(live_stream)]
         done_when_opened = jobs.job_counts(services.db, live_id).done
         # A slow client: a few more chunks of the finished job's ZIP while the worker keeps
         # writing, never to the end; the live job's stream just waits.
@@ -264,8 +265,8 @@ def test_a_long_zip_stream_neither_blocks_nor_breaks_the_worker_recording_result
     old_rows = check_zip_against_manifest(old_zip)
     assert len(old_rows) == 120 and all(r["status"] == "done" for r in old_rows)
 
-    # The live job's ZIP is a consistent snapshot of some moment mid-job: every row of the
-    # job listed once, every listed file present with its recorded bytes.
+    # The live job's ZIP, read while the worker wrote: every row of the job listed once,
+    # every listed file present with its recorded bytes.
     live_zip = zipfile.ZipFile(io.BytesIO(b"".join(live_parts)))
     assert live_zip.testzip() is None
     live_rows = check_zip_against_manifest(live_zip)
