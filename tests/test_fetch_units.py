@@ -336,12 +336,13 @@ def test_image_info_refuses_bombs(tmp_path: Path, size: tuple[int, int], words: 
     assert words in info.value.message
 
 
-def test_pixel_limit_is_pillows_own_and_engines_load_pillow_only_when_needed() -> None:
-    """The limit is Pillow's default; an engine's start no longer pays for loading Pillow."""
+def test_pixel_limit_is_pillows_own_and_the_fetch_layer_loads_pillow_only_when_needed() -> None:
+    """The limit is Pillow's default; the fetch layer (every image's path) loads Pillow only
+    for an image that needs it. (The engine itself loads it with the conversion pool.)"""
     script = (
         "import sys\n"
-        "import downloader.engine, downloader.fetch.sniff as sniff\n"
-        "assert 'PIL' not in sys.modules, 'Pillow loaded at start-up'\n"
+        "import downloader.fetch, downloader.fetch.sniff as sniff\n"
+        "assert 'PIL' not in sys.modules, 'Pillow loaded by the fetch layer'\n"
         "from PIL import Image\n"
         "assert sniff.MAX_IMAGE_PIXELS == Image.MAX_IMAGE_PIXELS\n"
     )
