@@ -61,7 +61,7 @@ def finished_job(services: Services, server: ImageServer) -> str:
             f"P{p}\t{server.url(f'/img/p{p}-{i}.jpg?w=160&h=120', host=i % 3)}" for i in range(size)
         ]
     lines += [f"P{p}\t{server.url(f'/status/404?p={p}')}" for p in (0, 3, 5)]
-    lines += [f"BAD {i}\thttp://127.0.0.2/x/{i}.jpg" for i in range(60)]
+    lines += [f"BAD {i}\tftp://127.0.0.2/x/{i}.jpg" for i in range(60)]  # refused: not http(s)
     job = jobs.create_job(services.db, parse_text("\r\n".join(lines), max_rows=200))
     engine = Engine(services.db, services.storage, services.settings, job_id=job.id, share=1.0)
     anyio.run(lambda: engine.run(until_idle=True))
