@@ -213,11 +213,13 @@ class _SpooledCentralDirectory:
     temporary file; the footer reads them back in 1 MB pieces.
     """
 
-    def __init__(self, spool: IO[bytes]) -> None:
+    def __init__(self, spool: IO[bytes], date_time: tuple[int, ...]) -> None:
         self._spool = spool
         self._count = 0
+        self._date_time = date_time
 
     def append(self, zinfo: Any) -> None:
+        zinfo.date_time = self._date_time  # one time for every entry (see _dated)
         self._spool.write(zinfo._central_directory_header_data())
         self._count += 1
 
@@ -260,6 +262,7 @@ def stream_zip(
     prefetch: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     header: Sequence[str] = MANIFEST_COLUMNS,
+    stamp: float | None = None,
 ) -> Iterator[ZipChunk]:
     """Yield a stored ZIP of the rows' files plus manifest.csv (all rows), as it is built.
 
@@ -267,11 +270,15 @@ def stream_zip(
     A "done" row whose stored file has disappeared is listed as failed (storage_missing).
     `prefetch` = files read ahead in threads (default: 16 for S3, none for local).
     `header`: the manifest's columns (manifest.manifest_header: with the input's own columns).
+    `stamp`: the entries' modification time (a finished job's end, so that every download of
+    it is the same bytes and byte ranges of two requests fit together); None = now.
     Closing the generator early (client went away) releases files, threads and spools.
     """
     if prefetch is None:
         prefetch = S3_PREFETCH if storage.name == "s3" else 0
-    return _coalesce(_zip_chunks(storage, rows, folder_per_product, prefetch, chunk_size, header))
+    return _coalesce(
+        _zip_chunks(storage, rows, folder_per_product, prefetch, chunk_size, header, stamp)
+    )
 
 
 def _zip_chunks(
@@ -281,18 +288,19 @@ def _zip_chunks(
     prefetch: int,
     chunk_size: int,
     header: Sequence[str] = MANIFEST_COLUMNS,
+    stamp: float | None = None,
 ) -> Iterator[ZipChunk]:
     with ExitStack() as stack:
         manifest_spool = stack.enter_context(tempfile.SpooledTemporaryFile(SPOOL_MEMORY))
         directory_spool = stack.enter_context(tempfile.SpooledTemporaryFile(SPOOL_MEMORY))
         archive = ZipStream(compress_type=ZIP_STORED, sized=False)
-        archive._filelist = _SpooledCentralDirectory(directory_spool)
+        date_time = time.localtime(stamp)[0:6]
+        archive._filelist = _SpooledCentralDirectory(directory_spool, date_time)
 
         manifest = CsvEncoder()
         manifest.write(header)
         sources = _sources(storage, rows, prefetch, chunk_size)
         stack.callback(sources.close)
-        date_time = time.localtime()[0:6]
         for row, source in sources:
             if source is not None and source.data is None:
                 file_name, arcname = _entry_names(row, folder_per_product)
@@ -318,7 +326,7 @@ def _zip_chunks(
                 assert source.data is not None
                 archive.add(source.data, arcname, size=source.size)
                 try:
-                    yield from archive.all_files()
+                    yield from _dated(archive.all_files(), date_time)
                 finally:
                     if not isinstance(source.data, bytes):
                         _close(source.data)
@@ -330,7 +338,30 @@ def _zip_chunks(
         manifest_size = manifest_spool.tell()
         manifest_spool.seek(0)
         archive.add(iter_stream(manifest_spool, chunk_size), MANIFEST_NAME, size=manifest_size)
+        yield from _dated(archive.all_files(), date_time)
         yield from archive.finalize()
+
+
+def _dated(chunks: Iterator[bytes], date_time: tuple[int, ...]) -> Iterator[bytes]:
+    """One queued entry's chunks with its local header dated `date_time`.
+
+    zipstream-ng dates entries added as data with the moment they are generated; a finished
+    job's ZIP must be the same bytes in every download (byte ranges of two requests are
+    joined), so the header's DOS time and date (bytes 10-13) are set to the ZIP's one time.
+    The first chunk of an entry is its whole local header (checked: signature and length).
+    """
+    first = next(chunks, None)
+    if first is not None:
+        header = bytes(first)
+        names = int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+        if header[:4] != b"PK\x03\x04" or len(header) != 30 + names:
+            raise RuntimeError("zipstream-ng no longer yields the local header on its own")
+        year, month, day, hour, minute, second = date_time
+        dos_time = hour << 11 | minute << 5 | second // 2
+        dos_date = (year - 1980) << 9 | month << 5 | day
+        stamp = dos_time.to_bytes(2, "little") + dos_date.to_bytes(2, "little")
+        yield header[:10] + stamp + header[14:]
+    yield from chunks
 
 
 def _whole_entry(

@@ -15,7 +15,7 @@ from downloader.db import Database
 from downloader.export_names import RawRow, job_options, name_rows
 from downloader.job_options import JobOptions
 from downloader.manifest import ManifestRow, manifest_csv_chunks, manifest_header
-from downloader.models import IMAGE, PRODUCT, ImageStatus, JobPublic
+from downloader.models import IMAGE, JOB, PRODUCT, ImageStatus, JobPublic
 from downloader.naming import folder_name
 from downloader.outputs.checks import all_warnings, joined, placeholder_hashes
 from downloader.row_chunks import image_rows_in_order
@@ -145,6 +145,7 @@ def product_zip(db: Database, storage: Storage, job_id: str, product: str) -> It
         manifest_rows(db, job_id, product=product, options=options),
         folder_per_product=False,
         header=manifest_header(options.extra_columns),
+        stamp=finished_at(db, job_id),
     )
 
 
@@ -162,7 +163,15 @@ def job_zip(db: Database, storage: Storage, job_id: str) -> Iterator[ZipChunk]:
         manifest_rows(db, job_id, options=options),
         folder_per_product=options.layout != "flat",
         header=manifest_header(options.extra_columns),
+        stamp=finished_at(db, job_id),
     )
+
+
+def finished_at(db: Database, job_id: str) -> float | None:
+    """When the job ended (None while it runs): a finished job's ZIP entries carry this time."""
+    with db.read() as session:
+        value = session.execute(select(JOB.c.finished_at).where(JOB.c.id == job_id)).scalar()
+    return float(value) if value is not None else None
 
 
 def job_zip_size(db: Database, storage: Storage, job_id: str) -> int:

@@ -108,8 +108,8 @@ def test_the_streamlit_upload_limit_matches_max_upload_mb() -> None:
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     default = Settings.model_fields["max_upload_mb"].default
     assert config["server"]["maxUploadSize"] == default == 200
-    readme = (ROOT / "README.md").read_text()
-    assert re.search(rf"\|\s*`MAX_UPLOAD_MB`\s*\|\s*{default}\s*\|", readme)
+    settings_doc = (ROOT / "docs" / "configuration.md").read_text()
+    assert re.search(rf"\|\s*`MAX_UPLOAD_MB`\s*\|\s*`{default}`\s*\|", settings_doc)
 
 
 def test_an_invalid_allowed_private_networks_stops_the_program_at_start(

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import io
 import os
+import time
 import tracemalloc
 import zipfile
 from collections.abc import Iterator
@@ -312,3 +313,20 @@ def test_closing_early_releases_open_files(local: LocalStorage) -> None:
     assert len(os.listdir("/proc/self/fd")) > before  # a stored file is open mid-entry
     chunks.close()  # type: ignore[attr-defined]
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_stamped_zip_is_the_same_bytes_whenever_it_is_built(local: LocalStorage) -> None:
+    """A finished job's ZIP carries the job's end as its entries' time, so two downloads a few
+    seconds apart are identical (byte ranges of two requests fit together); unstamped
+    entries carry the time of building (DOS times tick every 2 s)."""
+    rows = [done_row(local, "SKU-1", n, os.urandom(300)) for n in range(1, 4)]
+
+    def build(stamp: float | None) -> bytes:
+        return b"".join(
+            bytes(c) for c in stream_zip(local, rows, folder_per_product=True, stamp=stamp)
+        )
+
+    stamped, unstamped = build(1_700_000_000.0), build(None)
+    time.sleep(2.1)
+    assert build(1_700_000_000.0) == stamped
+    assert build(None) != unstamped
