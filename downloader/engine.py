@@ -217,10 +217,10 @@ class Engine:
                 pace_from, ended_before = now, self._ended
             room = self._capacity - self._downloading
             # Claim a quarter of the capacity or more at a time: a claim's transaction costs
-            # ~1 ms of CPU whatever its size (benchmarks/bench_queue.py: claims of 32 cost 1.5x
-            # the CPU of claims of 128), and two processes sharing SQLite queue less often for
-            # its lock. With any room, claim at least every CLAIM_EVERY: a job queued since
-            # gets its turn then (fair share), even while slow downloads free little room.
+            # about the same whatever its size (measured in benchmarks/bench_queue.py), and two
+            # processes sharing SQLite queue less often for its lock. With any room, claim at
+            # least every CLAIM_EVERY: a job queued since gets its turn then (fair share), even
+            # while slow downloads free little room.
             wanted = min(self.settings.claim_batch_size, max(1, self._capacity // 4))
             due = room >= wanted or (room > 0 and now - last_claim >= CLAIM_EVERY)
             if not self._standby and due:
